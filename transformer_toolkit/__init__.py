@@ -1,0 +1,11 @@
+"""transformer-toolkit: train your own LLM in readable PyTorch.
+
+The names the seed README imports from the top level live here.
+"""
+
+from .generation import generate, sample_next, stream
+from .model import Transformer, TransformerConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["Transformer", "TransformerConfig", "__version__", "generate", "sample_next", "stream"]

@@ -1,0 +1,143 @@
+"""Autoregressive sampling with a pre-allocated KV cache.
+
+The loop is ``prefill`` (the prompt in one forward, filling the cache) then one
+``decode_one_token`` per new token. Every step conditions on a window of at most ``max_seq``
+tokens: when the cache is full, the window slides to the last ``max_seq // 2`` tokens and the
+cache is rebuilt from them with fresh positions (one prefill per ``max_seq // 2`` new tokens),
+so generation continues past ``max_seq`` and the returned sequence always holds the whole
+prompt and every generated token. A prompt longer than ``max_seq`` is conditioned on its
+last ``max_seq`` tokens.
+
+>>> out = model.generate(prompt, max_new=50, temperature=0.8, top_k=40, top_p=0.95)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Pick one token per row from ``logits`` ``(B, V)``.
+
+    ``temperature == 0`` or ``top_k == 1`` is greedy (argmax). Otherwise logits are divided by
+    the temperature, restricted to the ``top_k`` largest, then to the smallest set whose
+    probability reaches ``top_p`` (nucleus sampling; the most likely token is always kept),
+    and sampled.
+    """
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_args(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p) -> None:
+    if tokens.dim() != 2 or tokens.shape[1] == 0:
+        raise ValueError(f"tokens must be a (batch, length) tensor with length >= 1, got shape {tuple(tokens.shape)}")
+    if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"tokens must hold integer ids, got {tokens.dtype}")
+    if max_new < 0:
+        raise ValueError(f"max_new must be >= 0, got {max_new}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    vocab = model.cfg.vocab_size
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(f"token ids must be in [0, {vocab}); got min {int(tokens.min())}, max {int(tokens.max())}")
+
+
+@torch.inference_mode()
+def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
+         stop_ids: Iterable[int] | None, pad_id: int | None, generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yields ``(out, new)`` after each step: the whole buffer and the ``(B,)`` new tokens."""
+    _check_args(model, tokens, max_new, temperature, top_k, top_p)
+    B, T0 = tokens.shape
+    max_seq = model.cfg.max_seq
+    keep = max(1, max_seq // 2)
+    out = torch.empty(B, T0 + max_new, dtype=torch.long, device=tokens.device)
+    out[:, :T0] = tokens
+    stops = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=tokens.device)
+    pad = int(stops[0]) if pad_id is None and len(stops) else pad_id
+    done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    if max_new == 0:
+        return
+
+    cache = model.make_cache(B, device=tokens.device)
+    win = max(0, T0 - max_seq)  # window start in `out`
+    logits, _ = model(out[:, win:T0], cache=cache, start_pos=0)  # prefill
+    n_ctx, cur = T0 - win, T0
+    for step in range(max_new):
+        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+        if len(stops):
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            done = done | torch.isin(nxt, stops)
+        out[:, cur] = nxt
+        cur += 1
+        yield out[:, :cur], nxt
+        if step == max_new - 1 or (len(stops) and bool(done.all())):
+            return
+        if n_ctx == max_seq:  # window full: slide and rebuild the cache from the kept tokens
+            logits, _ = model(out[:, cur - keep:cur], cache=cache, start_pos=0)
+            n_ctx = keep
+        else:
+            logits, _ = model(nxt[:, None], cache=cache, start_pos=n_ctx)  # decode one token
+            n_ctx += 1
+
+
+def _as_batch(tokens) -> tuple[Tensor, bool]:
+    if not isinstance(tokens, Tensor):
+        tokens = torch.tensor(tokens, dtype=torch.long)
+    return (tokens.unsqueeze(0), True) if tokens.dim() == 1 else (tokens, False)
+
+
+def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop_ids: Iterable[int] | None = None, pad_id: int | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+    """Return ``tokens`` followed by ``max_new`` sampled tokens, ``(B, T + max_new)``.
+
+    ``stop_ids`` (e.g. EOS and end-of-turn ids): a row that samples one keeps it and is then
+    filled with ``pad_id`` (default: the smallest stop id); generation ends early once every
+    row has stopped. A 1-D ``tokens`` gives a 1-D result. The model is put in eval mode for the
+    call and restored afterwards.
+    """
+    batch, squeeze = _as_batch(tokens)
+    result = batch.to(torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        for result, _ in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator):
+            pass
+    finally:
+        model.train(was_training)
+    result = result.clone()
+    return result[0] if squeeze else result
+
+
+def stream(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, stop_ids: Iterable[int] | None = None, pad_id: int | None = None,
+           generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """Yield each new token as it is sampled: a ``(B,)`` tensor (a 0-dim tensor for 1-D input)."""
+    batch, squeeze = _as_batch(tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        for _, new in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator):
+            yield new[0].clone() if squeeze else new.clone()
+    finally:
+        model.train(was_training)

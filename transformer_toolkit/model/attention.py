@@ -1,0 +1,100 @@
+"""Causal self-attention: MHA, GQA and MQA are one module set by ``n_kv_heads``
+(``n_heads``, a divisor of it, or 1); ``flash`` is the same module restricted to fused kernels.
+
+Shapes: x ``(B, T, dim)``; q ``(B, H, T, hd)``; k, v ``(B, KV, S, hd)`` with ``S = start + T``
+when a cache is used. Grouped heads go to ``scaled_dot_product_attention(enable_gqa=True)``,
+which never materialises repeated k/v.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .cache import LayerCache
+from .position import apply_rope
+
+
+@dataclass
+class AttnContext:
+    """What every layer needs to know about the positions of one forward call."""
+
+    start: int  # absolute position of the first query token
+    rope: tuple[Tensor, Tensor] | None  # (cos, sin) for the query positions, or None
+    mask: Tensor | None  # bool (True = attend) or additive float, broadcastable to (B, H, T, S)
+    is_causal: bool  # let SDPA apply the causal mask itself (only when there is no explicit mask)
+    continuing: bool = False  # this call extends a cached sequence (start > 0)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float = 0.0,
+           scale: float | None = None) -> Tensor:
+    """Scaled dot-product attention of q ``(B, H, T, d)`` over k, v ``(B, KV, S, d)``."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal, scale=scale, dropout_p=dropout_p,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head attention with ``n_kv_heads`` key/value heads (MHA / GQA / MQA).
+
+    The SDPA backend is chosen by PyTorch (fused flash or memory-efficient kernels when the
+    inputs allow, the math kernel otherwise).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def cache_shapes(self, batch: int, max_len: int) -> dict[str, tuple[int, ...]]:
+        shape = (batch, self.n_kv_heads, max_len, self.head_dim)
+        return {"k": shape, "v": shape}
+
+    def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if ctx.rope is not None:
+            cos, sin = ctx.rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(ctx.start, k, v)  # (B, KV, S, hd)
+        y = self._sdpa(q, k, v, ctx)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext) -> Tensor:
+        return attend(q, k, v, ctx, self.dropout if self.training else 0.0)
+
+
+# fused kernels only: never the unfused math path
+_FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+class FlashAttention(Attention):
+    """``attn="flash"``: the same attention, restricted to PyTorch's fused SDPA kernels.
+
+    On CUDA this is FlashAttention-2 for fp16/bf16 inputs without an explicit mask, and the
+    fused memory-efficient kernel otherwise (fp32 inputs, ALiBi or other additive masks).
+    On CPU it is PyTorch's fused flash-attention CPU kernel (fp32 and bf16, masks supported).
+    If no fused kernel accepts the inputs, PyTorch raises instead of silently using the
+    unfused math kernel that ``mha``/``gqa``/``mqa`` may fall back to.
+    """
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext) -> Tensor:
+        with sdpa_kernel(_FUSED):
+            return super()._sdpa(q, k, v, ctx)
+
+
+# The README's class names; all three are the one Attention module, set by n_kv_heads.
+MultiHeadAttention = GroupedQueryAttention = MultiQueryAttention = Attention

@@ -1,0 +1,76 @@
+"""Dense feed-forward blocks. Plain: ``down(act(up(x)))``; gated (Shazeer 2020,
+https://arxiv.org/abs/2002.05202): ``down(act(gate(x)) * up(x))``.
+
+GELU is the tanh approximation everywhere (GPT-2's ``gelu_new``, Gemma's GeGLU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class FFN(nn.Module):
+    """``ffn``: two linear layers with GELU between them (GPT-2, BERT)."""
+
+    act = staticmethod(gelu_tanh)
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class ReluFFN(FFN):
+    """``relu_ffn``: the original Transformer's ReLU MLP."""
+
+    act = staticmethod(F.relu)
+
+
+class GatedFFN(nn.Module):
+    """Gated linear unit MLP; subclasses pick the gate activation."""
+
+    act = staticmethod(torch.sigmoid)
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GLU(GatedFFN):
+    """``glu``: sigmoid gate (Dauphin et al. 2017)."""
+
+
+class ReGLU(GatedFFN):
+    """``reglu``: ReLU gate."""
+
+    act = staticmethod(F.relu)
+
+
+class GeGLU(GatedFFN):
+    """``geglu``: GELU gate (T5 v1.1, Gemma)."""
+
+    act = staticmethod(gelu_tanh)
+
+
+class SwiGLU(GatedFFN):
+    """``swiglu``: SiLU gate (PaLM, Llama, Mistral, Qwen)."""
+
+    act = staticmethod(F.silu)
+
+
+DENSE_FFN = {"ffn": FFN, "relu_ffn": ReluFFN, "glu": GLU, "reglu": ReGLU, "geglu": GeGLU, "swiglu": SwiGLU}

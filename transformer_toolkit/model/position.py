@@ -1,0 +1,124 @@
+"""Positional encodings. Each applies exactly once, in exactly one place:
+
+- ``rope``: inside attention, rotating q and k by their absolute position (``RotaryEmbedding``);
+- ``alibi``: inside attention, a bias ``-slope_h * (i - j)`` that grows with distance (``alibi_bias``);
+- ``sinusoidal`` / ``learned``: added to the residual stream after the embedding;
+- ``none``: nothing.
+
+During cached decoding every encoding uses the absolute position of the new token, so the
+cached forward equals the full forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables (Su et al. 2021, https://arxiv.org/abs/2104.09864) in the ``rotate_half``
+    layout used by HF Llama: the first half of each head's dims pairs with the second half.
+    cos/sin are float32 buffers of shape ``(max_seq, rot_dim)`` regardless of the model dtype.
+    """
+
+    def __init__(self, rot_dim: int, max_seq: int, theta: float = 10000.0):
+        super().__init__()
+        self.rot_dim, self.max_seq, self.theta = rot_dim, max_seq, theta
+        cos, sin = self._tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.rot_dim, 2, device=device,
+                                                       dtype=torch.float64) / self.rot_dim))
+        t = torch.arange(self.max_seq, device=device, dtype=torch.float64)
+        freqs = torch.outer(t, inv_freq)  # (max_seq, rot_dim/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (max_seq, rot_dim)
+        return emb.cos().float(), emb.sin().float()
+
+    def reset_tables(self) -> None:
+        """Recompute the tables in float32 (after ``model.to(dtype)`` or loading on meta)."""
+        cos, sin = self._tables(self.cos.device)
+        self.cos, self.sin = cos, sin
+
+    def _apply(self, fn, recurse=True):
+        # keep the tables float32 when the model is cast to half precision
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:
+            self.reset_tables()
+        return self
+
+    def forward(self, start: int, length: int, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """cos, sin for absolute positions ``start .. start+length-1`` (shape ``(T, rot_dim)``),
+        or for an explicit ``positions`` tensor ``(B, T)`` (shape ``(B, 1, T, rot_dim)``)."""
+        if positions is not None:
+            return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return self.cos[start:start + length], self.sin[start:start + length]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (B, H, T, d) by position; math in float32, result in x's dtype."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """Per-head slopes of ALiBi (Press et al. 2022, https://arxiv.org/abs/2108.12409):
+    a geometric sequence starting at 2^(-8/n); for non-powers of two, the closest power of two's
+    slopes plus every other slope of the next power of two, as in the paper's reference code."""
+
+    def pow2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = pow2(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        slopes = pow2(closest) + pow2(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """Additive attention bias ``-slope_h * (q_pos - k_pos)``: zero on the diagonal and more
+    negative the further back a key is. Shape ``(H, Tq, Tk)``; causality is masked separately."""
+    dist = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk), >= 0 for visible keys
+    return -slopes[:, None, None] * dist
+
+
+class SinusoidalPE(nn.Module):
+    """Fixed sin/cos table added to the residual stream (Vaswani et al. 2017); no parameters."""
+
+    def __init__(self, dim: int, max_seq: int):
+        super().__init__()
+        pos = torch.arange(max_seq, dtype=torch.float64)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(max_seq, dim, dtype=torch.float64)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+        self.register_buffer("pe", pe.float(), persistent=False)
+
+    def forward(self, start: int, length: int, positions: Tensor | None = None) -> Tensor:
+        return self.pe[positions] if positions is not None else self.pe[start:start + length]
+
+
+class LearnedPE(nn.Module):
+    """A trainable position table (GPT-2, BERT); positions beyond ``max_seq`` do not exist."""
+
+    def __init__(self, dim: int, max_seq: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_seq, dim))
+
+    def forward(self, start: int, length: int, positions: Tensor | None = None) -> Tensor:
+        return self.weight[positions] if positions is not None else self.weight[start:start + length]
+
+
+RESIDUAL_PE = {"sinusoidal": SinusoidalPE, "learned": LearnedPE}

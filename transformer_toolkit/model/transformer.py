@@ -1,0 +1,250 @@
+"""The decoder: embedding -> (residual positions) -> n_layers x Block -> norm -> head.
+
+>>> cfg = TransformerConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, max_seq=64)
+>>> model = Transformer(cfg)
+>>> logits, aux_loss = model(torch.zeros(2, 8, dtype=torch.long))
+>>> logits.shape, aux_loss.shape
+(torch.Size([2, 8, 256]), torch.Size([]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from . import debug as _debug
+from .attention import Attention, AttnContext, FlashAttention
+from .cache import LayerCache
+from .config import TransformerConfig
+from .mla import MLAttention
+from .moe import MOE, Experts, build_ffn
+from .norm import build_norm
+from .position import RESIDUAL_PE, RotaryEmbedding, alibi_bias, alibi_slopes
+
+ATTENTION = {"mha": Attention, "gqa": Attention, "mqa": Attention, "flash": FlashAttention, "mla": MLAttention}
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.attn = ATTENTION[cfg.attn](cfg)
+        self.ffn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.ffn = build_ffn(cfg)
+        self.is_moe = cfg.ffn in MOE
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
+        x = x + self.drop(self.attn(self.attn_norm(x), ctx, cache))
+        h = self.ffn_norm(x)
+        if self.is_moe:
+            y, aux = self.ffn(h, ctx.continuing)
+        else:
+            y, aux = self.ffn(h), None
+        return x + self.drop(y), aux
+
+
+class Transformer(nn.Module):
+    """A decoder-only transformer built from one ``TransformerConfig``.
+
+    ``model(tokens)`` returns ``(logits, aux_loss)``: logits ``(B, T, vocab_size)`` and a 0-dim
+    MoE load-balancing loss (the mean over MoE layers, already scaled by ``moe_aux_weight``;
+    exactly 0.0 for dense models). Add it to the training loss.
+    """
+
+    def __init__(self, cfg: TransformerConfig | dict, debug: bool = False):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = TransformerConfig(**cfg)
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos = RESIDUAL_PE[cfg.pos_enc](cfg.dim, cfg.max_seq) if cfg.pos_enc in RESIDUAL_PE else None
+        self.rope = None
+        if cfg.pos_enc == "rope":
+            rot = cfg.rope_head_dim if cfg.attn == "mla" else cfg.head_dim
+            self.rope = RotaryEmbedding(rot, cfg.max_seq, cfg.rope_theta)
+        if cfg.pos_enc == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
+        else:
+            self.alibi_slopes = None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.head.weight = self.embed.weight
+        self.grad_checkpoint = False  # recompute each block in backward (set by the trainer)
+        self.register_load_state_dict_pre_hook(_fill_tied_head)
+        self.init_weights()
+        self.debug = debug
+        if debug:
+            _debug.print_summary(self)
+
+    # initialisation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, init_std) for embeddings, linears and experts (GPT-2); the output projection
+        of every residual branch (``o_proj``, ``down_proj``) scaled by 1/sqrt(2 * n_layers) so
+        the residual stream's variance does not grow with depth; biases 0, norm scales 1.
+        The head (tied or not) then gives logits of std ~ init_std * sqrt(dim) at init, so the
+        loss starts at ~ln(vocab_size)."""
+        std = self.cfg.init_std
+        resid_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                last = name.rsplit(".", 1)[-1]
+                nn.init.normal_(module.weight, 0.0, resid_std if last in ("o_proj", "down_proj") else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, Experts):
+                nn.init.normal_(module.gate_proj, 0.0, std)
+                nn.init.normal_(module.up_proj, 0.0, std)
+                nn.init.normal_(module.down_proj, 0.0, resid_std)
+            elif hasattr(module, "weight") and isinstance(module.weight, nn.Parameter) and module.weight.dim() == 1:
+                nn.init.ones_(module.weight)  # norms
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.pos is not None and isinstance(getattr(self.pos, "weight", None), nn.Parameter):
+            nn.init.normal_(self.pos.weight, 0.0, std)
+
+    # forward ------------------------------------------------------------------------------
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embed.weight.dtype
+
+    def _context(self, T: int, start: int, device: torch.device) -> AttnContext:
+        """Positions and masks for queries at ``start..start+T-1`` over keys ``0..start+T-1``."""
+        rope = self.rope(start, T) if self.rope is not None else None
+        S = start + T
+        continuing = start > 0
+        if self.alibi_slopes is not None:
+            q_pos = torch.arange(start, S, device=device)
+            k_pos = torch.arange(S, device=device)
+            bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)  # (H, T, S)
+            bias = bias.masked_fill(k_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+            return AttnContext(start, rope, bias.unsqueeze(0).to(self._compute_dtype(device)), False, continuing)
+        if T == 1 or start == 0:
+            return AttnContext(start, rope, None, T > 1, continuing)
+        q_pos = torch.arange(start, S, device=device)
+        causal = torch.arange(S, device=device)[None, :] <= q_pos[:, None]  # (T, S), True = attend
+        return AttnContext(start, rope, causal, False, continuing)
+
+    def forward(self, tokens: Tensor, cache: list[LayerCache] | None = None,
+                start_pos: int = 0) -> tuple[Tensor, Tensor]:
+        """tokens ``(B, T)`` -> ``(logits (B, T, vocab), aux_loss ())``.
+
+        With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
+        sequence whose earlier positions are already cached; their keys and values are added.
+        """
+        B, T = tokens.shape
+        if start_pos + T > self.cfg.max_seq:
+            raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq={self.cfg.max_seq}; "
+                             f"crop the input or build the model with a larger max_seq")
+        x = self.embed(tokens)  # (B, T, dim)
+        if self.pos is not None:
+            x = x + self.pos(start_pos, T)
+        x = self.drop(x)
+        ctx = self._context(T, start_pos, tokens.device)
+        trace = _debug.ForwardTrace(tokens, x) if self.debug and cache is None else None
+        aux_total, n_aux = None, 0
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache[i] if cache is not None else None
+            x_in = x
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, aux = checkpoint(block, x, ctx, layer_cache, use_reentrant=False)
+            else:
+                x, aux = block(x, ctx, layer_cache)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+                n_aux += 1
+            if trace is not None:
+                trace.block(i, x_in, x)
+        logits = self.head(self.norm(x))
+        if trace is not None:
+            trace.finish(logits)
+        aux_loss = aux_total / n_aux if n_aux else torch.zeros((), device=tokens.device)
+        return logits, aux_loss
+
+    # inference ----------------------------------------------------------------------------
+    def make_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                   device: torch.device | str | None = None) -> list[LayerCache]:
+        """One pre-allocated cache per layer for ``batch`` sequences of up to ``max_len`` tokens."""
+        max_len = max_len or self.cfg.max_seq
+        dtype = dtype or self.embed.weight.dtype
+        device = device or self.embed.weight.device
+        return [LayerCache(b.attn.cache_shapes(batch, max_len), dtype, device) for b in self.blocks]
+
+    def generate(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample ``max_new`` tokens after ``tokens`` ``(B, T)`` and return ``(B, T + max_new)``
+        (shorter only if every row hit one of ``stop_ids``). See ``transformer_toolkit.generation``."""
+        from ..generation import generate
+
+        return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator)
+
+    def stream(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
+               generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """Like ``generate`` but yields each new ``(B,)`` token tensor as soon as it is sampled."""
+        from ..generation import stream
+
+        return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator)
+
+    # weights and parameters ---------------------------------------------------------------
+    def n_params(self, exclude_embeddings: bool = False) -> str:
+        """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return _fmt_count(n)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embeddings else n
+
+    def state_dict_for_save(self) -> dict[str, Tensor]:
+        """The state dict without the duplicate ``head.weight`` when weights are tied."""
+        sd = self.state_dict()
+        if self.cfg.tie_weights:
+            sd.pop("head.weight", None)
+        return sd
+
+    def load_state_dict_with_tie(self, state_dict: dict[str, Tensor], strict: bool = True):
+        """Load a state dict saved with or without ``head.weight`` and keep the tie."""
+        result = self.load_state_dict(state_dict, strict=strict)
+        if self.cfg.tie_weights:
+            self.head.weight = self.embed.weight
+        return result
+
+    def debug_gradients(self) -> None:
+        """After ``loss.backward()``: per-parameter gradient norms with NaN/zero/explosion flags."""
+        _debug.print_gradients(self)
+
+    def debug_weights(self) -> None:
+        """Per-parameter weight statistics."""
+        _debug.print_weights(self)
+
+
+def _fill_tied_head(module: Transformer, state_dict, prefix, *args) -> None:
+    # A tied checkpoint may omit head.weight (state_dict_for_save); plain load_state_dict then
+    # takes it from the embedding so strict loading still works.
+    if module.cfg.tie_weights and prefix + "head.weight" not in state_dict and prefix + "embed.weight" in state_dict:
+        state_dict[prefix + "head.weight"] = state_dict[prefix + "embed.weight"]
+
+
+def _fmt_count(n: int) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
