@@ -121,8 +121,8 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
     was_training = model.training
     model.eval()
     try:
-        for result, _ in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator):
-            pass
+        for buffer, _ in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator):
+            result = buffer
     finally:
         model.train(was_training)
     result = result.clone()

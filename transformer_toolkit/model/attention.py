@@ -8,6 +8,7 @@ which never materialises repeated k/v.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -89,9 +90,22 @@ class FlashAttention(Attention):
     On CPU it is PyTorch's fused flash-attention CPU kernel (fp32 and bf16, masks supported).
     If no fused kernel accepts the inputs, PyTorch raises instead of silently using the
     unfused math kernel that ``mha``/``gqa``/``mqa`` may fall back to.
+
+    One exception: PyTorch's fused CPU kernels have no attention dropout. A CPU training
+    forward with ``dropout > 0`` therefore runs the unfused kernel (with a one-time warning)
+    rather than silently dropping the regularisation; set ``dropout=0`` to stay fused.
     """
 
+    _warned = False
+
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext) -> Tensor:
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            if not FlashAttention._warned:
+                warnings.warn("attn='flash': the fused CPU attention kernels do not support dropout; "
+                              "training forwards use the unfused kernel. Set dropout=0 to keep the fused one.",
+                              stacklevel=2)
+                FlashAttention._warned = True
+            return super()._sdpa(q, k, v, ctx)
         with sdpa_kernel(_FUSED):
             return super()._sdpa(q, k, v, ctx)
 

@@ -27,7 +27,7 @@ class LayerCache:
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: positions up to {end} but the cache holds {self.max_len}")
         out = []
-        for buf, x in zip(self.buffers, new):
+        for buf, x in zip(self.buffers, new, strict=True):
             buf[..., start:end, :] = x
             out.append(buf[..., :end, :])
         return out
