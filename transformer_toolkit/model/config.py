@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -212,7 +213,7 @@ class TransformerConfig(BaseModel):
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
         return cls(**d)
 
-    def to_json(self, path: str | None = None) -> str:
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
@@ -220,10 +221,11 @@ class TransformerConfig(BaseModel):
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str) -> TransformerConfig:
-        s = text_or_path.lstrip()
+    def from_json(cls, text_or_path: str | os.PathLike) -> TransformerConfig:
+        """From a JSON string or the path of a JSON file."""
+        s = text_or_path.lstrip() if isinstance(text_or_path, str) else ""
         if not s.startswith("{"):
-            with open(text_or_path, encoding="utf-8") as f:
+            with open(os.fspath(text_or_path), encoding="utf-8") as f:
                 s = f.read()
         return cls.from_dict(json.loads(s))
 

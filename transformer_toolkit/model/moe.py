@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .ffn import DENSE_FFN, SwiGLU
 
-_GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
+# (device type, dtype, in, out) -> whether torch._grouped_mm accepted it (it needs 16-byte aligned rows)
+_GROUPED_MM_OK: dict[tuple, bool] = {}
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -41,7 +42,7 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """
     dt = _compute_dtype(x)
     x, w = x.to(dt), w.to(dt)
-    key = (x.device.type, dt)
+    key = (x.device.type, dt, w.shape[-2], w.shape[-1])
     if _GROUPED_MM_OK.get(key, True):
         try:
             return torch._grouped_mm(x, w, offs=offs)

@@ -95,16 +95,22 @@ def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
 
 
 class SinusoidalPE(nn.Module):
-    """Fixed sin/cos table added to the residual stream (Vaswani et al. 2017); no parameters."""
+    """Fixed sin/cos table added to the residual stream (Vaswani et al. 2017); no parameters.
 
-    def __init__(self, dim: int, max_seq: int):
+    The raw table has values of order 1 (RMS 1/sqrt(2)); token embeddings here start at
+    N(0, init_std). Unscaled, positions would drown the tokens (the paper instead multiplies
+    embeddings of std dim^-1/2 by sqrt(dim)), so the table is scaled to RMS ``rms``, the same
+    size as the embeddings and as a freshly initialised learned table.
+    """
+
+    def __init__(self, dim: int, max_seq: int, rms: float = 1 / math.sqrt(2)):
         super().__init__()
         pos = torch.arange(max_seq, dtype=torch.float64)[:, None]
         div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
         pe = torch.zeros(max_seq, dim, dtype=torch.float64)
         pe[:, 0::2] = torch.sin(pos * div)
         pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-        self.register_buffer("pe", pe.float(), persistent=False)
+        self.register_buffer("pe", (pe * rms * math.sqrt(2)).float(), persistent=False)
 
     def forward(self, start: int, length: int, positions: Tensor | None = None) -> Tensor:
         return self.pe[positions] if positions is not None else self.pe[start:start + length]
@@ -120,5 +126,3 @@ class LearnedPE(nn.Module):
     def forward(self, start: int, length: int, positions: Tensor | None = None) -> Tensor:
         return self.weight[positions] if positions is not None else self.weight[start:start + length]
 
-
-RESIDUAL_PE = {"sinusoidal": SinusoidalPE, "learned": LearnedPE}

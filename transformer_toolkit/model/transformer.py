@@ -24,7 +24,7 @@ from .config import TransformerConfig
 from .mla import MLAttention
 from .moe import MOE, Experts, build_ffn
 from .norm import build_norm
-from .position import RESIDUAL_PE, RotaryEmbedding, alibi_bias, alibi_slopes
+from .position import LearnedPE, RotaryEmbedding, SinusoidalPE, alibi_bias, alibi_slopes
 
 ATTENTION = {"mha": Attention, "gqa": Attention, "mqa": Attention, "flash": FlashAttention, "mla": MLAttention}
 
@@ -65,7 +65,11 @@ class Transformer(nn.Module):
             cfg = TransformerConfig(**cfg)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = RESIDUAL_PE[cfg.pos_enc](cfg.dim, cfg.max_seq) if cfg.pos_enc in RESIDUAL_PE else None
+        self.pos = None
+        if cfg.pos_enc == "learned":
+            self.pos = LearnedPE(cfg.dim, cfg.max_seq)
+        elif cfg.pos_enc == "sinusoidal":
+            self.pos = SinusoidalPE(cfg.dim, cfg.max_seq, rms=cfg.init_std)
         self.rope = None
         if cfg.pos_enc == "rope":
             rot = cfg.rope_head_dim if cfg.attn == "mla" else cfg.head_dim
