@@ -230,7 +230,8 @@ def bench_decode(sides: dict, vocab: int, prompt: int, new: int, rounds: int) ->
 def fmt_table(res: dict) -> str:
     rows = [("config", "ours", "HF", "ours/HF", "MFU ours", "MFU HF")]
     for key, label, unit in (("train_fp32", "train fp32", "tok/s"), ("train_bf16", "train bf16 autocast", "tok/s"),
-                             ("decode_fp32", "decode b=1 fp32", "tok/s")):
+                             ("decode_fp32", "decode b=1 fp32", "tok/s"),
+                             ("decode_bf16", "decode b=1 bf16 weights", "tok/s")):
         r = res[key]
         mfu = res.get("mfu", {}).get(key)
         rows.append((f"{label} ({unit})", f"{r['ours']['median']:.1f}", f"{r['hf']['median']:.1f}",
@@ -303,6 +304,12 @@ def main() -> None:
     sync_weights(ours, hf, init)
     gens = {"ours": (ours, generate_ours), "hf": (hf, generate_hf)}
     res["decode_fp32"] = bench_decode(gens, shape["vocab_size"], prompt, new, decode_rounds)
+    print("decode bf16 ...", flush=True)  # both models cast to bf16 weights
+    ours_b = build_ours(shape)
+    ours_b.load_state_dict(ours.state_dict())
+    hf_b = build_hf(ours_b)
+    gens_b = {"ours": (ours_b.to(torch.bfloat16), generate_ours), "hf": (hf_b.to(torch.bfloat16), generate_hf)}
+    res["decode_bf16"] = bench_decode(gens_b, shape["vocab_size"], prompt, new, decode_rounds)
     # the peak again after the runs, keeping the best: a peak taken while another process
     # held a core would inflate every MFU share
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -317,9 +324,11 @@ def main() -> None:
 
     print()
     print(fmt_table(res))
-    d = res["decode_fp32"]
-    print(f"\ngreedy decode tokens identical: {d['tokens_match']} ({d['matching_tokens']}/{new} match"
-          + (f", first mismatch at new token {d['first_mismatch']})" if not d["tokens_match"] else ")"))
+    for key in ("decode_fp32", "decode_bf16"):
+        d = res[key]
+        print(f"\n{key}: greedy tokens identical: {d['tokens_match']} ({d['matching_tokens']}/{new} match"
+              + (f", first mismatch at new token {d['first_mismatch']})" if not d["tokens_match"] else ")"), end="")
+    print()
     print(f"matmul peak (best torch.mm, n in {mm_sizes}, before and after the runs): "
           f"fp32 {peaks['fp32']['flops'] / 1e9:.1f} GFLOP/s (n={peaks['fp32']['size']}), "
           f"bf16 {peaks['bf16']['flops'] / 1e9:.1f} GFLOP/s (n={peaks['bf16']['size']})")
@@ -345,7 +354,7 @@ def main() -> None:
         "peak_matmul_flops": peaks,
         "results": res,
         "ratios_ours_over_hf": {k: res[k]["ours"]["median"] / res[k]["hf"]["median"]
-                                for k in ("train_fp32", "train_bf16", "decode_fp32")},
+                                for k in ("train_fp32", "train_bf16", "decode_fp32", "decode_bf16")},
         "elapsed_s": elapsed,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from .model.fast_decode import decode_weights
+
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -68,17 +70,23 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
     """Yields ``(out, new)`` after each step: the whole buffer and the ``(B,)`` new tokens."""
     _check_args(model, tokens, max_new, temperature, top_k, top_p)
     B, T0 = tokens.shape
-    max_seq = model.cfg.max_seq
-    keep = max(1, max_seq // 2)
     out = torch.empty(B, T0 + max_new, dtype=torch.long, device=tokens.device)
     out[:, :T0] = tokens
     stops = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=tokens.device)
     pad = int(stops[0]) if pad_id is None and len(stops) else pad_id
-    done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     if max_new == 0:
         return
 
-    cache = model.make_cache(B, device=tokens.device)
+    with decode_weights(model):
+        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator)
+
+
+def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, top_k, top_p,
+                 stops: Tensor, pad: int | None, generator) -> Iterator[tuple[Tensor, Tensor]]:
+    B, max_seq = out.shape[0], model.cfg.max_seq
+    keep = max(1, max_seq // 2)
+    done = torch.zeros(B, dtype=torch.bool, device=out.device)
+    cache = model.make_cache(B, device=out.device)
     win = max(0, T0 - max_seq)  # window start in `out`
     logits, _ = model(out[:, win:T0], cache=cache, start_pos=0)  # prefill
     n_ctx, cur = T0 - win, T0

@@ -39,7 +39,7 @@ class Block(nn.Module):
         self.ffn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
         self.ffn = build_ffn(cfg)
         self.is_moe = cfg.ffn in MOE
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         x = x + self.drop(self.attn(self.attn_norm(x), ctx, cache))
@@ -78,7 +78,7 @@ class Transformer(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
         else:
             self.alibi_slopes = None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
