@@ -177,17 +177,26 @@ def bench_train(sides: dict, batch: int, seq: int, vocab: int, steps: int, round
         opts[name] = make_optimizer(model, fused)
         for _ in range(warmup):
             train_step(model, fn, opts[name], x, y, bf16)
+    def run(name, model, fn):
+        for _ in range(steps):
+            train_step(model, fn, opts[name], x, y, bf16)
+
+    result = alternate(sides, rounds, run, steps * batch * seq)
+    for opt in opts.values():  # free the Adam state before the next config
+        opt.state.clear()
+    return result
+
+
+def alternate(sides: dict, rounds: int, run, tokens: int) -> dict:
+    """Time ``run(name, model, fn)`` for every side, flipping the order every round;
+    tokens/s per round and the median."""
     tps = {name: [] for name in sides}
     names = list(sides)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            model, fn = sides[name]
             t = time.perf_counter()
-            for _ in range(steps):
-                train_step(model, fn, opts[name], x, y, bf16)
-            tps[name].append(steps * batch * seq / (time.perf_counter() - t))
-    for opt in opts.values():  # free the Adam state before the next config
-        opt.state.clear()
+            run(name, *sides[name])
+            tps[name].append(tokens / (time.perf_counter() - t))
     return {name: {"median": statistics.median(v), "rounds": v} for name, v in tps.items()}
 
 
@@ -208,18 +217,11 @@ def bench_decode(sides: dict, vocab: int, prompt: int, new: int, rounds: int) ->
         model.eval()
         outs[name] = fn(model, x, new)  # warm up, and keep the tokens for the comparison
         assert outs[name].shape == (1, prompt + new), f"{name} generated shape {tuple(outs[name].shape)}"
-    tps = {name: [] for name in sides}
+    result = alternate(sides, rounds, lambda name, model, fn: fn(model, x, new), new)
     names = list(sides)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            model, fn = sides[name]
-            t = time.perf_counter()
-            fn(model, x, new)
-            tps[name].append(new / (time.perf_counter() - t))
     a, b = (outs[n][0, prompt:] for n in names)
     same = int((a == b).sum())
     first_diff = None if same == new else int((a != b).nonzero()[0, 0])
-    result = {name: {"median": statistics.median(v), "rounds": v} for name, v in tps.items()}
     result["tokens_match"] = same == new
     result["matching_tokens"] = same
     result["first_mismatch"] = first_diff

@@ -1,0 +1,68 @@
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from transformer_toolkit.model import Transformer
+from transformer_toolkit.model import fast_decode as fd
+
+
+def _linears(model):
+    return [m for m in model.modules() if type(m) is nn.Linear]
+
+
+def test_fast_linear_matches_f_linear_on_both_layouts():
+    for shape in [(40, 24), (24, 40)]:  # in <= out (transposed copy) and in > out (packed)
+        lin = nn.Linear(shape[1], shape[0], bias=True)
+        fast = fd._FastLinear(lin)
+        assert (fast.wt is not None) == (shape[1] <= shape[0]) or fast.packed is None
+        x = torch.randn(3, 1, shape[1])
+        torch.testing.assert_close(fast(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        big = torch.randn(4, 5, shape[1])  # more rows than MAX_ROWS: the ordinary kernel, bit-exact
+        assert torch.equal(fast(big), F.linear(big, lin.weight, lin.bias))
+
+
+def test_bf16_weights_use_the_packed_layout_and_agree():
+    lin = nn.Linear(32, 48, bias=False).to(torch.bfloat16)
+    fast = fd._FastLinear(lin)
+    assert fast.wt is None or fd._pack(lin.weight.detach()) is None
+    x = torch.randn(1, 32, dtype=torch.bfloat16)
+    torch.testing.assert_close(fast(x).float(), F.linear(x, lin.weight).float(), atol=2e-2, rtol=2e-2)
+
+
+def test_decode_weights_installs_and_removes_and_keeps_logits():
+    model = Transformer(tiny_config(attn="gqa")).eval()
+    x = torch.randint(0, 97, (2, 1))
+    ref, _ = model(x)
+    with fd.decode_weights(model):
+        assert all("forward" in lin.__dict__ for lin in _linears(model))
+        got, _ = model(x)
+    assert not any("forward" in lin.__dict__ for lin in _linears(model))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_weights_is_off_in_training_mode():
+    model = Transformer(tiny_config()).train()
+    with fd.decode_weights(model):
+        assert not any("forward" in lin.__dict__ for lin in _linears(model))
+
+
+def test_plan_is_reused_until_a_weight_changes():
+    model = Transformer(tiny_config()).eval()
+    x = torch.randint(0, 97, (1, 4))
+    with fd.decode_weights(model):
+        pass
+    first = model._decode_plan
+    with fd.decode_weights(model):
+        pass
+    assert model._decode_plan is first  # nothing changed: no rebuild
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    logits, _ = model(x)
+    logits.sum().backward()
+    opt.step()
+    model.eval()
+    with fd.decode_weights(model):
+        step = model(x[:, :1])[0]
+    assert model._decode_plan is not first  # the optimizer step bumped the weights' versions
+    torch.testing.assert_close(step, model(x[:, :1])[0], atol=1e-5, rtol=1e-5)  # new weights used
