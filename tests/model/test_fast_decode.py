@@ -12,10 +12,12 @@ def _linears(model):
 
 
 def test_fast_linear_matches_f_linear_on_both_layouts():
-    for shape in [(40, 24), (24, 40)]:  # in <= out (transposed copy) and in > out (packed)
+    for shape in [(40, 24), (24, 40), (24, 24)]:  # out x in: in < out (copied slices), in >= out (views)
         lin = nn.Linear(shape[1], shape[0], bias=True)
         fast = fd._FastLinear(lin)
-        assert (fast.wt is not None) == (shape[1] <= shape[0]) or fast.packed is None
+        n = torch.get_num_threads()
+        assert fast.slices.shape == (n, shape[1], shape[0] // n)
+        assert (fast.slices.data_ptr() == lin.weight.data_ptr()) == (shape[1] >= shape[0])
         x = torch.randn(3, 1, shape[1])
         torch.testing.assert_close(fast(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
         big = torch.randn(4, 5, shape[1])  # more rows than MAX_ROWS: the ordinary kernel, bit-exact
@@ -25,7 +27,7 @@ def test_fast_linear_matches_f_linear_on_both_layouts():
 def test_bf16_weights_use_the_packed_layout_and_agree():
     lin = nn.Linear(32, 48, bias=False).to(torch.bfloat16)
     fast = fd._FastLinear(lin)
-    assert fast.wt is None or fd._pack(lin.weight.detach()) is None
+    assert fast.slices is None or fd._pack(lin.weight.detach()) is None
     x = torch.randn(1, 32, dtype=torch.bfloat16)
     torch.testing.assert_close(fast(x).float(), F.linear(x, lin.weight).float(), atol=2e-2, rtol=2e-2)
 
