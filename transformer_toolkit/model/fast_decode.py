@@ -65,7 +65,8 @@ class _FastLinear:
         if self.slices is None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, lin.bias, "none", [], "")
         rows = x.reshape(-1, x.shape[-1])  # (M, in)
-        y = torch.matmul(rows, self.slices)  # (n, M, out/n): one bmm, the slices on all cores
+        n = self.slices.shape[0]
+        y = torch.bmm(rows.expand(n, *rows.shape), self.slices)  # (n, M, out/n): the slices on all cores
         if rows.shape[0] == 1:
             y = y.view(*x.shape[:-1], lin.out_features)
         else:
