@@ -21,7 +21,8 @@ from torch import Tensor
 class RotaryEmbedding(nn.Module):
     """RoPE tables (Su et al. 2021, https://arxiv.org/abs/2104.09864) in the ``rotate_half``
     layout used by HF Llama: the first half of each head's dims pairs with the second half.
-    cos/sin are float32 buffers of shape ``(max_seq, rot_dim)`` regardless of the model dtype.
+    cos/sin are float32 buffers of shape ``(max_seq, rot_dim)`` regardless of the model dtype;
+    ``sin`` carries the rotation's sign (``-sin`` on the first half, see ``apply_rope``).
     """
 
     def __init__(self, rot_dim: int, max_seq: int, theta: float = 10000.0):
@@ -36,8 +37,9 @@ class RotaryEmbedding(nn.Module):
                                                        dtype=torch.float64) / self.rot_dim))
         t = torch.arange(self.max_seq, device=device, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)  # (max_seq, rot_dim/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (max_seq, rot_dim)
-        return emb.cos().float(), emb.sin().float()
+        cos = torch.cat([freqs.cos(), freqs.cos()], dim=-1)  # (max_seq, rot_dim)
+        sin = torch.cat([-freqs.sin(), freqs.sin()], dim=-1)  # signed: see apply_rope
+        return cos.float(), sin.float()
 
     def reset_tables(self) -> None:
         """Recompute the tables in float32 (after ``model.to(dtype)`` or loading on meta)."""
@@ -59,15 +61,15 @@ class RotaryEmbedding(nn.Module):
         return self.cos[start:start + length], self.sin[start:start + length]
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (B, H, T, d) by position; math in float32, result in x's dtype."""
+    """Rotate ``x`` (B, H, T, d) by position; math in float32, result in x's dtype.
+
+    In the rotate-half layout, with halves ``x1, x2`` and angle ``t``:
+    ``(x1 cos t - x2 sin t, x2 cos t + x1 sin t)``. ``sin`` holds ``(-sin t, +sin t)``, so the
+    second term is ``roll(x, d/2) * sin``: three kernels instead of five.
+    """
     xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+    return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, dims=-1), sin).to(x.dtype)
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
