@@ -54,10 +54,10 @@ def test_plan_is_reused_until_a_weight_changes():
     x = torch.randint(0, 97, (1, 4))
     with fd.decode_weights(model):
         pass
-    first = model._decode_plan
+    first = fd._PLANS[model]
     with fd.decode_weights(model):
         pass
-    assert model._decode_plan is first  # nothing changed: no rebuild
+    assert fd._PLANS[model] is first  # nothing changed: no rebuild
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model.train()
     logits, _ = model(x)
@@ -66,5 +66,18 @@ def test_plan_is_reused_until_a_weight_changes():
     model.eval()
     with fd.decode_weights(model):
         step = model(x[:, :1])[0]
-    assert model._decode_plan is not first  # the optimizer step bumped the weights' versions
+    assert fd._PLANS[model] is not first  # the optimizer step bumped the weights' versions
     torch.testing.assert_close(step, model(x[:, :1])[0], atol=1e-5, rtol=1e-5)  # new weights used
+
+
+def test_model_still_copies_and_pickles_after_generation():
+    import copy
+    import io
+
+    model = Transformer(tiny_config()).to(torch.bfloat16)
+    model.generate(torch.randint(0, 97, (1, 3)), max_new=3, temperature=0)
+    assert model in fd._PLANS
+    clone = copy.deepcopy(model)
+    torch.save(model, io.BytesIO())
+    x = torch.randint(0, 97, (1, 5))
+    assert torch.equal(clone(x)[0], model(x)[0])

@@ -22,6 +22,7 @@ float rounding (a different summation order).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -85,13 +86,18 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     return linears
 
 
+# model -> (weight versions, plans); kept outside the model so copy.deepcopy, pickling and
+# state dicts never see the (opaque, oneDNN) decode tensors, and dropped with the model.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinear]:
     key = tuple((id(m.weight), m.weight._version) for m in linears)
-    cached = getattr(model, "_decode_plan", None)
+    cached = _PLANS.get(model)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             cached = (key, [_FastLinear(m) for m in linears])
-        model._decode_plan = cached
+        _PLANS[model] = cached
     return cached[1]
 
 
