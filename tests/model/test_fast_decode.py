@@ -81,3 +81,20 @@ def test_model_still_copies_and_pickles_after_generation():
     torch.save(model, io.BytesIO())
     x = torch.randint(0, 97, (1, 5))
     assert torch.equal(clone(x)[0], model(x)[0])
+
+
+def test_layout_left_installed_by_an_open_stream_never_blocks_training():
+    model = Transformer(tiny_config()).eval()
+    stream = model.stream(torch.randint(0, 97, (1, 3)), max_new=5, temperature=0)
+    next(stream)  # the stream is paused with the decode layout installed
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 97, (1, 1))
+    logits, _ = model(x)
+    logits.sum().backward()
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        after = model(x)[0]
+    stream.close()
+    torch.testing.assert_close(after, model(x)[0].detach())  # the updated weights were used

@@ -48,7 +48,7 @@ class _FastLinear:
         self.linear = linear
         w = linear.weight.detach()
         out, inp = w.shape
-        self.dtype = w.dtype
+        self.dtype, self.version = w.dtype, w._version
         self.slices = self.packed = None
         n = torch.get_num_threads()
         if w.dtype == torch.float32 and out % n == 0:
@@ -61,7 +61,10 @@ class _FastLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         lin = self.linear
-        if x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu"):
+        if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu")
+                or torch.is_grad_enabled() or lin.weight._version != self.version):
+            # not a decode step, or the weights changed since the layout was built (e.g. a
+            # half-consumed stream() left the layout installed while training went on)
             return F.linear(x, lin.weight, lin.bias)
         if self.slices is None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, lin.bias, "none", [], "")
