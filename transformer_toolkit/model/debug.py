@@ -16,8 +16,12 @@ def _bar(frac: float) -> str:
     return "█" * n + "░" * (BAR - n)
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+def fmt_count(n: int) -> str:
+    """``30210000`` -> ``"30.21M"``."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
 
 
 def print_summary(model) -> None:
@@ -37,7 +41,7 @@ def print_summary(model) -> None:
     print(f"  entropy check → should be > 90% of log(vocab_size) = {math.log(cfg.vocab_size):.2f} at init")
     print("\n  parameter breakdown:")
     for name, n in groups.items():
-        print(f"  {name:<9} {_bar(n / total)}  {_count(n)}  {100 * n / total:.1f}%")
+        print(f"  {name:<9} {_bar(n / total)}  {fmt_count(n)}  {100 * n / total:.1f}%")
     print()
 
 

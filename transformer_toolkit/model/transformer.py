@@ -208,12 +208,10 @@ class Transformer(nn.Module):
     # weights and parameters ---------------------------------------------------------------
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.embed.weight.numel()
-        return _fmt_count(n)
+        return _debug.fmt_count(self.num_parameters(exclude_embeddings))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (shared tensors counted once)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embeddings else n
 
@@ -246,9 +244,3 @@ def _fill_tied_head(module: Transformer, state_dict, prefix, *args) -> None:
     if module.cfg.tie_weights and prefix + "head.weight" not in state_dict and prefix + "embed.weight" in state_dict:
         state_dict[prefix + "head.weight"] = state_dict[prefix + "embed.weight"]
 
-
-def _fmt_count(n: int) -> str:
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
