@@ -28,7 +28,8 @@ from .ffn import DENSE_FFN, SwiGLU
 _GROUPED_MM_OK: dict[tuple, bool] = {}
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x``'s device run in: the autocast dtype when autocast is on."""
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
@@ -40,7 +41,7 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     elsewhere falls back to a loop over the slices (which reads ``offs`` on the host).
     Runs in the autocast dtype when autocast is on, like ``torch.matmul`` would.
     """
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     x, w = x.to(dt), w.to(dt)
     key = (x.device.type, dt, w.shape[-2], w.shape[-1])
     if _GROUPED_MM_OK.get(key, True):
@@ -171,7 +172,7 @@ class ExpertChoiceMoE(nn.Module):
         gate, tok = probs.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's chosen tokens
         rows = (tok + torch.arange(B, device=x.device).view(B, 1, 1) * T).transpose(0, 1)  # (E, B, C)
         xs = x.reshape(B * T, D)[rows.reshape(E, B * C)]  # (E, B*C, D)
-        y = self.experts.batched(xs.to(_compute_dtype(x)))  # (E, B*C, D)
+        y = self.experts.batched(xs.to(compute_dtype(x)))  # (E, B*C, D)
         y = y * gate.transpose(0, 1).reshape(E, B * C, 1).to(y.dtype)
         out = torch.zeros(B * T, D, dtype=y.dtype, device=x.device).index_add_(0, rows.reshape(-1), y.reshape(-1, D))
         return out.view(B, T, D).to(x.dtype), zero

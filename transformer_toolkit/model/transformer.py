@@ -22,7 +22,7 @@ from .attention import Attention, AttnContext, FlashAttention
 from .cache import LayerCache
 from .config import TransformerConfig
 from .mla import MLAttention
-from .moe import MOE, Experts, build_ffn
+from .moe import MOE, Experts, build_ffn, compute_dtype
 from .norm import build_norm
 from .position import LearnedPE, RotaryEmbedding, SinusoidalPE, alibi_bias, alibi_slopes
 
@@ -121,11 +121,6 @@ class Transformer(nn.Module):
             nn.init.normal_(self.pos.weight, 0.0, std)
 
     # forward ------------------------------------------------------------------------------
-    def _compute_dtype(self, device: torch.device) -> torch.dtype:
-        if torch.is_autocast_enabled(device.type):
-            return torch.get_autocast_dtype(device.type)
-        return self.embed.weight.dtype
-
     def _context(self, T: int, start: int, device: torch.device) -> AttnContext:
         """Positions and masks for queries at ``start..start+T-1`` over keys ``0..start+T-1``."""
         rope = self.rope(start, T) if self.rope is not None else None
@@ -136,7 +131,7 @@ class Transformer(nn.Module):
             k_pos = torch.arange(S, device=device)
             bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)  # (H, T, S)
             bias = bias.masked_fill(k_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
-            return AttnContext(start, rope, bias.unsqueeze(0).to(self._compute_dtype(device)), False, continuing)
+            return AttnContext(start, rope, bias.unsqueeze(0).to(compute_dtype(self.embed.weight)), False, continuing)
         if T == 1 or start == 0:
             return AttnContext(start, rope, None, T > 1, continuing)
         q_pos = torch.arange(start, S, device=device)
