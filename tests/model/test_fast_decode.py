@@ -98,3 +98,20 @@ def test_layout_left_installed_by_an_open_stream_never_blocks_training():
         after = model(x)[0]
     stream.close()
     torch.testing.assert_close(after, model(x)[0].detach())  # the updated weights were used
+
+
+def test_plan_follows_dtype_casts_and_data_reassignment():
+    model = Transformer(tiny_config()).eval()
+    x = torch.randint(0, 97, (1, 1))
+    model.generate(x, max_new=1, temperature=0)
+    fp32_plan = fd._PLANS[model]
+    model.to(torch.bfloat16)  # same Parameter objects, new storage
+    model.generate(x, max_new=1, temperature=0)
+    assert fd._PLANS[model] is not fp32_plan and fd._PLANS[model][0].dtype == torch.bfloat16
+    model.to(torch.float32)
+    head = model.head
+    with torch.no_grad():
+        head.weight.data = torch.randn_like(head.weight)  # new values, same version counter
+    with fd.decode_weights(model):
+        got = model(x)[0]
+    torch.testing.assert_close(got, model(x)[0], atol=1e-5, rtol=1e-5)

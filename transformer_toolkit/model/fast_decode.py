@@ -12,9 +12,11 @@ memory bandwidth (measured on this project's 2-core AVX-512 machines: 8-13 GB/s 
 - bf16: oneDNN's prepacked weight (``torch.ops.mkldnn``), 2-3x the default kernel.
 
 ``decode_weights(model)`` builds these copies (one extra copy of the linear weights, so it is
-skipped for models whose linear weights exceed ``MAX_BYTES``) and keeps them on the model for
-the next call until any weight changes (tracked by the tensors' version counters, which every
-in-place update such as an optimizer step or ``load_state_dict`` bumps). While active it routes every
+skipped for models whose linear weights exceed ``MAX_BYTES``) and keeps them, outside the model,
+for the next call until a weight changes: a new tensor (``model.to(...)``, ``p.data = ...``) or
+an in-place update that bumps its version counter (optimizer steps, ``load_state_dict``,
+``torch.no_grad()`` edits). Edits through ``p.data`` in place bypass the version counter, as they
+bypass autograd, and are not seen. While active it routes every
 ``nn.Linear`` call with at most ``MAX_ROWS`` rows through them. Larger inputs (prefill), other
 devices, autocast and training use the ordinary ``nn.Linear``. Results equal ``F.linear`` up to
 float rounding (a different summation order).
@@ -34,6 +36,11 @@ MAX_ROWS = 8
 MAX_BYTES = 2 * 1024**3
 
 
+def _stamp(weight: Tensor) -> tuple[int, int]:
+    """Changes when the weight's values may have changed: new storage or an in-place update."""
+    return weight.data_ptr(), weight._version
+
+
 def _pack(weight: Tensor) -> Tensor | None:
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
@@ -48,7 +55,7 @@ class _FastLinear:
         self.linear = linear
         w = linear.weight.detach()
         out, inp = w.shape
-        self.dtype, self.version = w.dtype, w._version
+        self.dtype, self.stamp = w.dtype, _stamp(w)
         self.slices = self.packed = None
         n = torch.get_num_threads()
         if w.dtype == torch.float32 and out % n == 0:
@@ -62,7 +69,7 @@ class _FastLinear:
     def __call__(self, x: Tensor) -> Tensor:
         lin = self.linear
         if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu")
-                or torch.is_grad_enabled() or lin.weight._version != self.version):
+                or torch.is_grad_enabled() or _stamp(lin.weight) != self.stamp):
             # not a decode step, or the weights changed since the layout was built (e.g. a
             # half-consumed stream() left the layout installed while training went on)
             return F.linear(x, lin.weight, lin.bias)
@@ -89,19 +96,19 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     return linears
 
 
-# model -> (weight versions, plans); kept outside the model so copy.deepcopy, pickling and
-# state dicts never see the (opaque, oneDNN) decode tensors, and dropped with the model.
+# model -> its layouts; kept outside the model so copy.deepcopy, pickling and state dicts never
+# see the (opaque, oneDNN) decode tensors, and dropped with the model.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinear]:
-    key = tuple((id(m.weight), m.weight._version) for m in linears)
-    cached = _PLANS.get(model)
-    if cached is None or cached[0] != key:
+    plan = _PLANS.get(model)
+    if plan is None or len(plan) != len(linears) or any(
+            f.linear is not m or f.stamp != _stamp(m.weight) for f, m in zip(plan, linears, strict=True)):
         with torch.no_grad():
-            cached = (key, [_FastLinear(m) for m in linears])
-        _PLANS[model] = cached
-    return cached[1]
+            plan = [_FastLinear(m) for m in linears]
+        _PLANS[model] = plan
+    return plan
 
 
 @contextmanager
