@@ -11,12 +11,9 @@ True
 
 from __future__ import annotations
 
-import difflib
-import json
-import os
-from typing import Any
+from pydantic import model_validator
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from ..config_base import StrictConfig, check_choice
 
 ATTN_KINDS = ("mha", "gqa", "mqa", "flash", "mla")
 FFN_KINDS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_ec", "moe_shared")
@@ -25,14 +22,7 @@ NORM_KINDS = ("rmsnorm", "layernorm")
 POS_KINDS = ("rope", "sinusoidal", "learned", "alibi", "none")
 
 
-def _check_choice(field: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        close = difflib.get_close_matches(value, valid, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{field}={value!r} is not a known variant; valid: {', '.join(valid)}.{hint}")
-
-
-class TransformerConfig(BaseModel):
+class TransformerConfig(StrictConfig):
     """All architecture choices of a decoder-only transformer.
 
     Defaults follow the seed README. ``None`` fields are derived:
@@ -42,7 +32,6 @@ class TransformerConfig(BaseModel):
     MLA only).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
 
     # core
     vocab_size: int = 32000
@@ -88,25 +77,12 @@ class TransformerConfig(BaseModel):
     qkv_bias: bool = False  # biases on the q/k/v projections only (Qwen2 style)
     init_std: float = 0.02
 
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                parts = []
-                for k in unknown:
-                    close = difflib.get_close_matches(k, list(cls.model_fields), n=1)
-                    parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-                raise ValueError(f"TransformerConfig got unknown field(s): {', '.join(parts)}")
-        return data
-
     @model_validator(mode="after")
     def _validate(self) -> TransformerConfig:
-        _check_choice("attn", self.attn, ATTN_KINDS)
-        _check_choice("ffn", self.ffn, FFN_KINDS)
-        _check_choice("norm", self.norm, NORM_KINDS)
-        _check_choice("pos_enc", self.pos_enc, POS_KINDS)
+        check_choice("attn", self.attn, ATTN_KINDS)
+        check_choice("ffn", self.ffn, FFN_KINDS)
+        check_choice("norm", self.norm, NORM_KINDS)
+        check_choice("pos_enc", self.pos_enc, POS_KINDS)
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -203,31 +179,6 @@ class TransformerConfig(BaseModel):
             raise ValueError(f"top_k must be between 1 and {what} ({routed}), got {self.top_k}")
         if self.ffn == "moe_ec" and self.moe_capacity <= 0:
             raise ValueError(f"moe_capacity must be > 0 for ffn='moe_ec', got {self.moe_capacity}")
-
-    # serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (derived values filled in); safe for JSON and torch.save."""
-        return self.model_dump()
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        return cls(**d)
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> TransformerConfig:
-        """From a JSON string or the path of a JSON file."""
-        s = text_or_path.lstrip() if isinstance(text_or_path, str) else ""
-        if not s.startswith("{"):
-            with open(os.fspath(text_or_path), encoding="utf-8") as f:
-                s = f.read()
-        return cls.from_dict(json.loads(s))
 
     @property
     def is_moe(self) -> bool:
