@@ -1,0 +1,71 @@
+"""The one protocol every tokenizer follows, and the fixed special-token table.
+
+A tokenizer maps text to a list of int ids and back. Every class in this package has:
+``encode(text)``, ``encode_batch(texts)``, ``decode(ids, skip_special_tokens=False)``,
+``vocab_size``, ``bos_id`` / ``eos_id`` / ``pad_id`` (None where the tokenizer has none),
+``save(path)`` and ``load(path)`` (which returns the tokenizer, so
+``RustBPETokenizer().load("tokenizer.json")`` is one expression).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+# The 21 special tokens of the seed README, at ids 0..20 in this order, whatever the vocab size.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "[UNK]", "[PAD]", "[BOS]", "[EOS]", "[SEP]", "[MASK]", "[CLS]",
+    "<|im_start|>", "<|im_end|>",                                   # ChatML
+    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",       # Llama 3
+    "<start_of_turn>", "<end_of_turn>",                             # Gemma
+    "<|tool_call|>", "<|tool_result|>",
+    "<|doc_start|>", "<|doc_end|>",
+    "<|code_start|>", "<|code_end|>",
+    "<|system|>",
+)
+UNK_ID, PAD_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the data pipeline, the trainer and generation need from a tokenizer."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def pad_id(self) -> int | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str: ...
+    def save(self, path: str | os.PathLike) -> None: ...
+    def load(self, path: str | os.PathLike) -> Tokenizer: ...
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename, so a crash never leaves half a file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def as_id_list(ids: Iterable[int]) -> list[int]:
+    """Accept a list, a 1-D tensor or a numpy array of ids."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return [int(i) for i in ids]

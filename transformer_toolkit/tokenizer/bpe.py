@@ -1,0 +1,220 @@
+"""RustBPETokenizer: byte-level BPE trained and run by Hugging Face's Rust `tokenizers`.
+
+Byte-level means the base alphabet is all 256 bytes, so any UTF-8 text encodes and decodes
+back exactly and ``[UNK]`` never appears. The 21 special tokens of the seed README sit at the
+fixed ids 0..20 whatever the vocab size, and each encodes to a single id. The saved file is a
+standard ``tokenizer.json``: ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``
+loads it and encodes identically.
+
+>>> tok = RustBPETokenizer()
+>>> tok.train(["hello world", "hello there"] * 50, vocab_size=300)   # doctest: +SKIP
+>>> tok.decode(tok.encode("héllo <|im_end|>"))                        # doctest: +SKIP
+'héllo <|im_end|>'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list, atomic_write_text
+from .chunking import split_text
+
+# Special tokens each chat format needs as single ids (validate_template checks them).
+TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "alpaca": (),
+    "raw": (),
+}
+
+# Texts longer than this are cut at safe points and encoded in parallel (see chunking.py).
+PARALLEL_CHARS = 1 << 20
+
+
+def _require_tokenizers():
+    try:
+        import tokenizers
+    except ImportError as e:  # a core dependency, so only a broken install gets here
+        raise ImportError("RustBPETokenizer needs the `tokenizers` package: pip install tokenizers") from e
+    return tokenizers
+
+
+class RustBPETokenizer:
+    """Byte-level BPE with the project's fixed special tokens. Train it, or load a saved one."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self._tok = None  # tokenizers.Tokenizer
+        if path is not None:
+            self.load(path)
+
+    # building -------------------------------------------------------------------------------
+    def train(self, texts: Iterable[str] | str, vocab_size: int = 8000, min_frequency: int = 2,
+              show_progress: bool = False) -> RustBPETokenizer:
+        """Learn merges from ``texts``: a list, a file object or any iterator of strings.
+
+        An iterator is consumed once and never held in memory, so a corpus larger than RAM can
+        stream through. ``vocab_size`` counts the 21 special tokens and the 256 bytes; a small
+        corpus may stop short of it (then ``vocab_size`` reports the real size).
+        """
+        tk = _require_tokenizers()
+        floor = len(SPECIAL_TOKENS) + 256
+        if vocab_size < floor:
+            raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs the "
+                             f"{len(SPECIAL_TOKENS)} special tokens + 256 bytes = {floor} at least")
+        if isinstance(texts, str):
+            texts = [texts]
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = tk.decoders.ByteLevel()
+        tok.post_processor = tk.processors.ByteLevel(trim_offsets=False)
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+            special_tokens=list(SPECIAL_TOKENS),  # first, so they take ids 0..20 in order
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(_batches(texts), trainer=trainer)
+        self._tok = tok
+        self._check_specials()
+        return self
+
+    def _check_specials(self) -> None:
+        wrong = [(i, s) for i, s in enumerate(SPECIAL_TOKENS) if self._tok.token_to_id(s) != i]
+        if wrong:  # cannot happen with train(); guards against a changed library
+            raise RuntimeError(f"special tokens not at their fixed ids: {wrong}")
+
+    @property
+    def tokenizer(self):
+        """The underlying ``tokenizers.Tokenizer``."""
+        if self._tok is None:
+            raise RuntimeError("this RustBPETokenizer is empty: call .train(texts, vocab_size) "
+                               "or .load('tokenizer.json') first")
+        return self._tok
+
+    # the protocol ------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._special_id(BOS_ID)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._special_id(EOS_ID)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._special_id(PAD_ID)
+
+    def _special_id(self, i: int) -> int | None:
+        return self.tokenizer.token_to_id(SPECIAL_TOKENS[i])
+
+    def encode(self, text: str, split_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. Special-token strings in the text become their single ids,
+        unless ``split_special_tokens=True`` (then they are encoded as plain text, which is
+        what untrusted user content wants). Long texts are encoded in parallel pieces, with the
+        same result as one piece."""
+        tok = self.tokenizer
+        tok.encode_special_tokens = split_special_tokens
+        try:
+            if len(text) <= PARALLEL_CHARS:
+                return tok.encode(text, add_special_tokens=False).ids
+            pieces = tok.encode_batch_fast(list(split_text(text, PARALLEL_CHARS // 4)), add_special_tokens=False)
+            return [i for enc in pieces for i in enc.ids]
+        finally:
+            tok.encode_special_tokens = False
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode many texts on all cores (Rust threads)."""
+        return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(as_id_list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` (atomically). A folder path gets ``folder/tokenizer.json``."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        atomic_write_text(path, self.tokenizer.to_str(pretty=True))
+
+    def load(self, path: str | os.PathLike) -> RustBPETokenizer:
+        """Load a ``tokenizer.json`` (or a folder holding one); returns ``self``."""
+        tk = _require_tokenizers()
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no tokenizer file at {path}: train one with "
+                                    "RustBPETokenizer().train(texts, vocab_size) and .save(path) first")
+        try:
+            self._tok = tk.Tokenizer.from_file(path)
+        except Exception as e:
+            raise ValueError(f"{path} is not a valid tokenizer.json ({e})") from e
+        return self
+
+    # helpers for chat templates and interop ---------------------------------------------------
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.tokenizer.id_to_token(i)
+
+    def validate_template(self, template) -> dict[str, int]:
+        """Check that every special token a chat template needs is one id in this vocabulary.
+
+        ``template`` is a preset name ("chatml", "llama3", "gemma", "alpaca", "raw"), an object
+        with a ``special_tokens`` attribute (a ChatTemplate), or a list of token strings.
+        Returns ``{token: id}``; raises ValueError listing the fragmented tokens otherwise.
+        """
+        if isinstance(template, str):
+            if template not in TEMPLATE_TOKENS:
+                raise ValueError(f"unknown template {template!r}; presets: {', '.join(TEMPLATE_TOKENS)}")
+            tokens = TEMPLATE_TOKENS[template]
+        else:
+            tokens = tuple(getattr(template, "special_tokens", template))
+        found, fragmented = {}, []
+        for t in tokens:
+            ids = self.encode(t)
+            if len(ids) == 1 and self.tokenizer.id_to_token(ids[0]) == t:
+                found[t] = ids[0]
+            else:
+                fragmented.append(t)
+        if fragmented:
+            raise ValueError(f"Template tokens {fragmented} are fragmented: each must be a single special "
+                             "token id, but this tokenizer splits them into pieces. It was trained or saved "
+                             "before the special tokens were registered. Retrain it with "
+                             "RustBPETokenizer().train(...), which registers them; the vocabulary cannot "
+                             "change after pretraining.")
+        return found
+
+    def to_transformers(self):
+        """This tokenizer as a ``transformers.PreTrainedTokenizerFast`` with its special tokens set."""
+        try:
+            from transformers import PreTrainedTokenizerFast
+        except ImportError as e:
+            raise ImportError('to_transformers() needs transformers: pip install "transformer-toolkit[hf]"') from e
+        named = {"unk_token": "[UNK]", "pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
+        named = {k: v for k, v in named.items() if self.token_to_id(v) is not None}
+        extra = [s for s in SPECIAL_TOKENS if s not in named.values() and self.token_to_id(s) is not None]
+        return PreTrainedTokenizerFast(tokenizer_object=self.tokenizer, additional_special_tokens=extra,
+                                       clean_up_tokenization_spaces=False, **named)
+
+    def __repr__(self) -> str:
+        size = "untrained" if self._tok is None else f"vocab_size={self.vocab_size}"
+        return f"RustBPETokenizer({size})"
+
+
+def _batches(texts: Iterable[str], size: int = 1024) -> Iterator[list[str]]:
+    """Group an iterable of strings into lists, the unit the Rust trainer parallelises over."""
+    batch = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
