@@ -74,7 +74,10 @@ class RustBPETokenizer:
             special_tokens=list(SPECIAL_TOKENS),  # first, so they take ids 0..20 in order
             initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
         )
-        tok.train_from_iterator(_batches(texts), trainer=trainer)
+        # A list goes to Rust as is; other iterables are grouped into lists, which the Rust
+        # side reads in parallel, instead of being pulled one Python string at a time.
+        source = texts if isinstance(texts, (list, tuple)) else _batches(texts)
+        tok.train_from_iterator(source, trainer=trainer)
         self._tok = tok
         self._check_specials()
         return self
