@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATTN_X_POS, FFNS, NORMS, tiny_config
+from model_helpers import ATTN_X_POS, FFNS, NORMS, tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.generation import sample_next

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import ATTNS, FFNS, NORMS, POS, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import ATTNS, FFNS, NORMS, POS, tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.model import TransformerConfig

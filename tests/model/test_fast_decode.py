@@ -1,7 +1,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import tiny_config
+from model_helpers import tiny_config
 
 from transformer_toolkit.model import Transformer
 from transformer_toolkit.model import fast_decode as fd

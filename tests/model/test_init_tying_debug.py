@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ATTNS, FFNS, NORMS, tiny_config
+from model_helpers import ATTNS, FFNS, NORMS, tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.model import transformer as transformer_mod

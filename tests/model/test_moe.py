@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from model_helpers import tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.model import moe

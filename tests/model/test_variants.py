@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ATTN_X_POS, ATTNS, FFNS, NORMS, POS, tiny_config
+from model_helpers import ATTN_X_POS, ATTNS, FFNS, NORMS, POS, tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from transformer_toolkit import Transformer

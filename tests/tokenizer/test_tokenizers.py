@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
-from conftest import corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tok_helpers import corpus
 
 import transformer_toolkit.tokenizer.bpe as bpe_module
 from transformer_toolkit import c_tokenizers

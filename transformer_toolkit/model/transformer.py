@@ -138,22 +138,52 @@ class Transformer(nn.Module):
         causal = torch.arange(S, device=device)[None, :] <= q_pos[:, None]  # (T, S), True = attend
         return AttnContext(start, rope, causal, False, continuing)
 
+    def _packed_context(self, doc_ids: Tensor) -> tuple[AttnContext, Tensor]:
+        """Context for rows packed with several documents: ``doc_ids (B, T)`` numbers them.
+
+        A token attends only to earlier tokens of its own document (block-diagonal causal
+        mask) and its position restarts at 0 where its document starts, so each document is
+        computed exactly as if it were alone in the row. Returns the context and the positions.
+        """
+        B, T = doc_ids.shape
+        idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+        new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
+        new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        first = torch.where(new_doc, idx, torch.zeros_like(idx)).cummax(dim=1).values  # start of own document
+        positions = idx - first  # (B, T)
+        same = doc_ids[:, :, None] == doc_ids[:, None, :]
+        mask = (same & (idx[:, None, :] <= idx[:, :, None])).unsqueeze(1)  # (B, 1, T, T), True = attend
+        rope = self.rope(0, T, positions) if self.rope is not None else None
+        if self.alibi_slopes is not None:  # distances within a document are row distances
+            bias = alibi_bias(self.alibi_slopes, idx[0], idx[0]).unsqueeze(0)  # (1, H, T, T)
+            mask = bias.masked_fill(~mask, float("-inf")).to(compute_dtype(self.embed.weight))
+        return AttnContext(0, rope, mask, False, False), positions
+
     def forward(self, tokens: Tensor, cache: list[LayerCache] | None = None,
-                start_pos: int = 0) -> tuple[Tensor, Tensor]:
+                start_pos: int = 0, doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens ``(B, T)`` -> ``(logits (B, T, vocab), aux_loss ())``.
 
         With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
         sequence whose earlier positions are already cached; their keys and values are added.
+        With ``doc_ids`` ``(B, T)`` (packed SFT rows), tokens attend only within their document
+        and positions restart at each document (``moe_ec`` still routes over the whole row).
         """
         B, T = tokens.shape
         if start_pos + T > self.cfg.max_seq:
             raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq={self.cfg.max_seq}; "
                              f"crop the input or build the model with a larger max_seq")
+        if doc_ids is not None and (cache is not None or start_pos):
+            raise ValueError("doc_ids (packed rows) is for training and scoring full rows, not for cached decoding")
         x = self.embed(tokens)  # (B, T, dim)
-        if self.pos is not None:
-            x = x + self.pos(start_pos, T)
+        if doc_ids is not None:
+            ctx, positions = self._packed_context(doc_ids.to(tokens.device))
+            if self.pos is not None:
+                x = x + self.pos(0, T, positions)
+        else:
+            ctx = self._context(T, start_pos, tokens.device)
+            if self.pos is not None:
+                x = x + self.pos(start_pos, T)
         x = self.drop(x)
-        ctx = self._context(T, start_pos, tokens.device)
         trace = _debug.ForwardTrace(tokens, x) if self.debug and cache is None else None
         aux_total, n_aux = None, 0
         for i, block in enumerate(self.blocks):

@@ -130,6 +130,13 @@ class RustBPETokenizer:
         finally:
             tok.encode_special_tokens = False
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids plus, per id, the ``(start, end)`` character span of ``text`` it covers (a byte
+        token inside a multi-byte character points at that character). The SFT loss mask is
+        built from these token boundaries."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many texts on all cores (Rust threads)."""
         return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]

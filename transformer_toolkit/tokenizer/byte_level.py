@@ -35,6 +35,16 @@ class ByteLevelTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in texts]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids plus, per id, the ``(start, end)`` character span of ``text`` it came from (every
+        byte of a multi-byte character points at that character)."""
+        ids, offsets = [], []
+        for j, ch in enumerate(text):
+            b = ch.encode("utf-8")
+            ids.extend(b)
+            offsets.extend([(j, j + 1)] * len(b))
+        return ids, offsets
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         ids = as_id_list(ids)
         bad = [i for i in ids if not 0 <= i < 256]

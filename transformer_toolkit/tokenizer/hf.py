@@ -63,6 +63,14 @@ class HFTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and the ``(start, end)`` character span of each (needs a fast tokenizer)."""
+        if not getattr(self._tok, "is_fast", False):
+            raise ValueError(f"{self.name_or_path}: token offsets need a fast (Rust) tokenizer; "
+                             "this one is a slow Python tokenizer")
+        enc = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
         return self._tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
 

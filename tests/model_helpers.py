@@ -1,0 +1,29 @@
+"""Tiny model configurations shared by the test suite (import as ``from model_helpers import ...``).
+
+Kept out of conftest.py: several test folders have a conftest.py, so ``from conftest import``
+would pick whichever one was imported first.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from transformer_toolkit.model import TransformerConfig
+
+ATTNS = ("mha", "gqa", "mqa", "flash", "mla")
+POS = ("rope", "sinusoidal", "learned", "alibi", "none")
+FFNS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_ec", "moe_shared")
+NORMS = ("rmsnorm", "layernorm")
+
+
+def tiny_config(**overrides) -> TransformerConfig:
+    """A 2-layer model small enough to run hundreds of forwards in a test."""
+    base = dict(vocab_size=97, dim=48, n_layers=2, n_heads=4, max_seq=32, hidden_dim=64,
+                n_experts=4, top_k=2, moe_n_shared=1, latent_dim=16)
+    if overrides.get("attn") == "gqa" and "n_kv_heads" not in overrides:
+        base["n_kv_heads"] = 2
+    base.update(overrides)
+    return TransformerConfig(**base)
+
+
+ATTN_X_POS = list(itertools.product(ATTNS, POS))
