@@ -3,13 +3,17 @@
 The names the seed README imports from the top level live here.
 """
 
+from .data import DataConfig, from_binary, from_files, from_hf, from_npy_split, save_binary, tokenize_files
 from .generation import generate, sample_next, stream
 from .model import Transformer, TransformerConfig
+from .sft import ChatSession, ChatTemplate, SFTDataConfig, from_sft_files, from_sft_hf, from_sft_json, from_sft_strings
 from .tokenizer import ByteLevelTokenizer, HFTokenizer, RustBPETokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ByteLevelTokenizer", "HFTokenizer", "RustBPETokenizer", "Transformer", "TransformerConfig", "__version__",
-    "generate", "load_tokenizer", "sample_next", "stream",
+    "ByteLevelTokenizer", "ChatSession", "ChatTemplate", "DataConfig", "HFTokenizer", "RustBPETokenizer",
+    "SFTDataConfig", "Transformer", "TransformerConfig", "__version__", "from_binary", "from_files",
+    "from_hf", "from_npy_split", "from_sft_files", "from_sft_hf", "from_sft_json", "from_sft_strings",
+    "generate", "load_tokenizer", "sample_next", "save_binary", "stream", "tokenize_files",
 ]

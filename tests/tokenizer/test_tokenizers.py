@@ -127,17 +127,20 @@ def test_long_text_parallel_encode_is_exact(bpe, monkeypatch):
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(st.sampled_from("ab \n\t\r.é🙂<|>"), max_size=80), st.integers(1, 20))
+@given(st.text(st.sampled_from("ab \n\t\r.é🙂<|>\x1c"), max_size=80), st.integers(1, 20))
 def test_safe_chunks_tokenise_like_the_whole(bpe, text, size):
     parts = list(split_text(text, size))
     assert "".join(parts) == text
     assert all(0 < len(p) <= size for p in parts)
     cuts = [sum(map(len, parts[:k])) for k in range(1, len(parts))]
-    safe = [not text[i - 1].isspace() and text[i].isspace() for i in cuts]
-    for start, ok in zip([0] + cuts, safe, strict=False):
-        if not ok:  # a hard cut only where the window had no safe point at all
+    def ok(a: str, b: str) -> bool:  # the rule: a non-space, then an ASCII whitespace character
+        return not a.isspace() and b in " \t\n\r\x0b\x0c"
+
+    safe = [ok(text[i - 1], text[i]) for i in cuts]
+    for start, fine in zip([0] + cuts, safe, strict=False):
+        if not fine:  # a hard cut only where the window had no safe point at all
             window = text[start: start + size + 1]
-            assert not any(not a.isspace() and b.isspace() for a, b in zip(window, window[1:], strict=False))
+            assert not any(ok(a, b) for a, b in zip(window, window[1:], strict=False))
     if all(safe):
         assert [t for p in parts for t in bpe.encode(p)] == bpe.encode(text)
 

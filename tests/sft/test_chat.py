@@ -1,0 +1,74 @@
+"""ChatSession: the prompt it builds, where it stops, streaming, history."""
+
+from __future__ import annotations
+
+import torch
+from model_helpers import tiny_config
+from sft_helpers import small_bpe
+
+from transformer_toolkit import ChatSession, ChatTemplate, Transformer
+
+
+class Scripted(Transformer):
+    """A model that emits a fixed token sequence (whatever the input), to test the chat loop."""
+
+    def __init__(self, script, **kw):
+        super().__init__(tiny_config(**kw))
+        self.script, self.calls, self.inputs = list(script), 0, []
+
+    def forward(self, tokens, cache=None, start_pos=0, doc_ids=None):
+        self.inputs.append(tokens.clone())
+        nxt = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        logits = torch.zeros(*tokens.shape, self.cfg.vocab_size)
+        logits[..., nxt] = 10.0
+        return logits, torch.zeros(())
+
+
+def test_prompt_is_the_rendered_conversation_plus_header():
+    tok = small_bpe()
+    model = Scripted([tok.eos_id], vocab_size=tok.vocab_size, max_seq=128)
+    chat = ChatSession(model, tok, template="llama3", system="Be brief.")
+    msgs = chat.messages("add 2 3")
+    ids = chat.prompt_ids(msgs, room=10)
+    text, _ = ChatTemplate("llama3").format_messages(msgs, add_generation_prompt=True)
+    assert ids == tok.encode(text)  # "[BOS]" text encodes to the BOS id: same as training's render
+    assert ids[0] == tok.bos_id and tok.decode(ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_stops_at_the_closer_and_keeps_history():
+    tok = small_bpe()
+    word = tok.encode("add")
+    model = Scripted(word + [11] + word, vocab_size=tok.vocab_size, max_seq=128)  # 11 = <|eot_id|>
+    chat = ChatSession(model, tok, template="llama3")
+    assert chat.stop_ids() == [tok.eos_id, 11]
+    pieces = list(chat.ask_stream("hello", temperature=0))
+    assert "".join(pieces) == "add"
+    assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "add"}]
+    model.calls, model.inputs = 0, []
+    assert chat.ask("again", temperature=0) == "add"
+    last_prompt = tok.decode(model.inputs[0][0].tolist())  # the prefill of the second turn
+    assert "hello" in last_prompt and "again" in last_prompt and last_prompt.count("add") == 1
+    chat.reset()
+    assert chat.history == []
+
+
+def test_byte_level_closer_spelled_in_pieces():
+    from transformer_toolkit import ByteLevelTokenizer
+
+    tok = ByteLevelTokenizer()
+    reply = list(b"hi there<|im_end|>\nmore")
+    model = Scripted(reply, vocab_size=256, max_seq=256)
+    chat = ChatSession(model, tok, template="chatml")
+    assert chat.ask("x", temperature=0, max_new=40) == "hi there"
+
+
+def test_long_history_is_cut_from_the_left():
+    tok = small_bpe()
+    model = Scripted([tok.eos_id], vocab_size=tok.vocab_size, max_seq=32)
+    chat = ChatSession(model, tok, template="chatml")
+    chat.history = [{"role": "user", "content": "what is python " * 10},
+                    {"role": "assistant", "content": "a programming language"}]
+    ids = chat.prompt_ids(chat.messages("reverse"), room=8)
+    assert len(ids) == 24
+    assert tok.decode(ids).endswith("reverse<|im_end|>\n<|im_start|>assistant\n")

@@ -1,0 +1,102 @@
+"""Chatting with a model: history, a system prompt, the template's prompt, stop on the closer.
+
+>>> session = ChatSession(model, tok, template="chatml", system="Be brief.")   # doctest: +SKIP
+>>> session.ask("What is 2 + 3?", temperature=0)                               # doctest: +SKIP
+'5'
+>>> for piece in session.ask_stream("And 4 + 4?"):                              # doctest: +SKIP
+...     print(piece, end="", flush=True)
+
+The prompt is built exactly as training rendered conversations: the template's text with the
+assistant header appended, encoded as one string, with the tokenizer's BOS id first when the
+template has one. Generation stops at the assistant closer's special token or EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..generation import stream
+from .templates import ChatTemplate
+
+
+class ChatSession:
+    """A multi-turn conversation with ``model``. ``history`` holds the user/assistant messages."""
+
+    def __init__(self, model, tokenizer, template: str | ChatTemplate = "chatml", system: str | None = None,
+                 max_new: int = 200, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.template = template if isinstance(template, ChatTemplate) else ChatTemplate(template)
+        self.system = system
+        self.history: list[dict] = []
+        self.defaults = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.history = []
+
+    def messages(self, prompt: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.history + [{"role": "user", "content": prompt}]
+
+    def prompt_ids(self, messages: list[dict], room: int) -> list[int]:
+        """Token ids of the conversation plus the assistant header, the oldest tokens dropped
+        so that ``room`` new tokens still fit in the model's context (the prompt keeps at least
+        half of it; a longer reply then slides the window)."""
+        text, _ = self.template.format_messages(messages, add_generation_prompt=True, bos=False)
+        ids = self.tokenizer.encode(text)
+        bos = getattr(self.tokenizer, "bos_id", None)
+        if self.template.bos_token and bos is not None:
+            ids = [bos] + ids
+        max_seq = self.model.cfg.max_seq
+        keep = max(max_seq // 2, max_seq - room)
+        return ids[-keep:]
+
+    def stop_ids(self) -> list[int]:
+        """EOS plus the assistant closer's token when it is a single special token."""
+        ids = []
+        eos = getattr(self.tokenizer, "eos_id", None)
+        if eos is not None:
+            ids.append(eos)
+        closer = self.template.assistant_closer.strip()
+        if closer:
+            enc = self.tokenizer.encode(closer)
+            if len(enc) == 1:
+                ids.append(enc[0])
+        return ids
+
+    def ask_stream(self, prompt: str, **overrides) -> Iterator[str]:
+        """Yield the reply's text piece by piece; the reply joins the history when done."""
+        opts = self.defaults | overrides
+        msgs = self.messages(prompt)
+        device = next(self.model.parameters()).device
+        ids = torch.tensor(self.prompt_ids(msgs, opts["max_new"]), dtype=torch.long, device=device)
+        stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
+        new: list[int] = []
+        shown = ""
+        for tok in stream(self.model, ids, stop_ids=stops, **opts):
+            t = int(tok)
+            if t in stops:
+                break
+            new.append(t)
+            text = self.tokenizer.decode(new, skip_special_tokens=False)
+            if closer and closer in text:  # a closer spelled in pieces (byte-level tokenizers)
+                text = text[: text.index(closer)]
+                if len(text) > len(shown):
+                    yield text[len(shown):]
+                shown = text
+                break
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown):]
+            shown = text
+        reply = shown.strip()
+        self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+
+    def ask(self, prompt: str, **overrides) -> str:
+        """The model's reply to ``prompt`` (added to the history with the prompt)."""
+        for _ in self.ask_stream(prompt, **overrides):
+            pass
+        return self.history[-1]["content"]

@@ -1,0 +1,74 @@
+"""SFTDataConfig: how conversations become training rows."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ..config_base import StrictConfig, check_choice
+from .render import SCHEMAS
+from .templates import ChatTemplate
+
+# The README's field is called `schema`, which shadows pydantic's deprecated BaseModel.schema();
+# nothing here uses that method, so the warning about it is silenced.
+warnings.filterwarnings("ignore", message='Field name "schema" in "SFTDataConfig" shadows')
+
+
+class SFTDataConfig(StrictConfig):
+    """Settings of the SFT loaders.
+
+    ``tokenizer`` (optional here, since every loader also takes it) supplies ``bos_id``,
+    ``eos_id`` and ``pad_id`` unless they are given. ``seq_len`` is the number of input tokens
+    per row and must not exceed the model's ``max_seq``. ``template`` is a preset name or a
+    ``ChatTemplate``. ``packing=True`` fills each row with several conversations that cannot
+    attend to each other (batches then carry a fourth tensor, the document ids).
+    """
+
+    tokenizer: Any = Field(default=None, exclude=True)
+    seq_len: int = 512
+    batch_size: int = 8
+    split: float = 0.9
+    template: Any = "chatml"
+    schema: str = "auto"
+    truncation_strategy: str = "turn"
+    packing: bool = False
+    shuffle: bool = True
+    num_workers: int = 0
+    pin_memory: bool = False
+    seed: int = 0
+    debug: bool = False
+    debug_n: int = 2
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTDataConfig:
+        if isinstance(self.template, str):
+            self.template = ChatTemplate(self.template)
+        elif isinstance(self.template, dict):
+            self.template = ChatTemplate.from_dict(self.template)
+        elif not isinstance(self.template, ChatTemplate):
+            raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
+        check_choice("schema", self.schema, SCHEMAS)
+        check_choice("truncation_strategy", self.truncation_strategy, ("token", "turn"))
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 < self.split < 1.0:
+            raise ValueError(f"split must be strictly between 0 and 1 (the train fraction), got {self.split}")
+        if self.num_workers < 0 or self.debug_n < 1 or self.seed < 0:
+            raise ValueError("num_workers and seed must be >= 0 and debug_n >= 1")
+        if self.tokenizer is not None:
+            for name in ("bos_id", "eos_id", "pad_id"):
+                if getattr(self, name) is None:
+                    setattr(self, name, getattr(self.tokenizer, name, None))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(exclude={"tokenizer", "template"})
+        d["template"] = self.template.to_dict()
+        return d
