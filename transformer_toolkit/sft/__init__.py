@@ -4,9 +4,12 @@ from .chat import ChatSession
 from .config import SFTDataConfig
 from .loaders import from_sft_files, from_sft_hf, from_sft_json, from_sft_strings
 from .render import render, to_messages, truncate
+from .synthetic import exact_match, synthetic_tasks
 from .templates import PRESETS, ChatTemplate
+from .trainer import SFTTrainer
 
 __all__ = [
-    "PRESETS", "ChatSession", "ChatTemplate", "SFTDataConfig", "from_sft_files", "from_sft_hf",
-    "from_sft_json", "from_sft_strings", "render", "to_messages", "truncate",
+    "ChatSession", "ChatTemplate", "PRESETS", "SFTDataConfig", "SFTTrainer", "exact_match", "from_sft_files",
+    "from_sft_hf", "from_sft_json", "from_sft_strings", "render", "synthetic_tasks", "to_messages",
+    "truncate",
 ]

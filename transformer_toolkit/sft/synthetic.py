@@ -1,0 +1,54 @@
+"""A built-in SFT task set with checkable answers, generated on the fly (no download).
+
+Two tasks: reverse a short list of words, and add two small numbers. Every prompt has one
+right answer, so a fine-tuned model can be scored by exact match (``exact_match``).
+
+>>> samples = synthetic_tasks(3, seed=0)
+>>> samples[0]["messages"][0]["content"]        # doctest: +SKIP
+'reverse: fish lake moon'
+"""
+
+from __future__ import annotations
+
+import random
+
+WORDS = ("cat", "dog", "sun", "moon", "tree", "star", "fish", "bird",
+         "rock", "leaf", "rain", "snow", "fire", "wind", "lake", "hill")
+TASKS = ("reverse", "add")
+
+
+def make_task(rng: random.Random, task: str, max_words: int = 3, max_number: int = 50) -> tuple[str, str]:
+    """One (prompt, answer) pair."""
+    if task == "reverse":
+        words = rng.sample(WORDS, rng.randint(2, max_words))
+        return "reverse: " + " ".join(words), " ".join(reversed(words))
+    if task == "add":
+        a, b = rng.randint(0, max_number), rng.randint(0, max_number)
+        return f"add: {a} + {b}", str(a + b)
+    raise ValueError(f"unknown synthetic task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def synthetic_tasks(n: int, seed: int = 0, tasks: tuple[str, ...] = TASKS, exclude: set[str] | None = None,
+                    **kw) -> list[dict]:
+    """``n`` conversations in the ``messages`` schema, tasks interleaved; prompts in ``exclude``
+    are skipped (pass the training prompts to get a held-out set)."""
+    rng = random.Random(seed)
+    out, tries = [], 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} prompts outside the excluded set; ask for fewer")
+        prompt, answer = make_task(rng, tasks[len(out) % len(tasks)], **kw)
+        if exclude and prompt in exclude:
+            continue
+        out.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+    return out
+
+
+def exact_match(answer_fn, samples: list[dict]) -> float:
+    """Fraction of samples whose last assistant message ``answer_fn(prompt)`` reproduces exactly."""
+    hits = 0
+    for s in samples:
+        msgs = s["messages"]
+        hits += answer_fn(msgs[-2]["content"]).strip() == msgs[-1]["content"].strip()
+    return hits / max(1, len(samples))

@@ -1,0 +1,173 @@
+"""Checkpoints: atomic writes, ``weights_only``-safe contents, RNG state, finding the newest.
+
+A checkpoint is one ``torch.save``'d dict::
+
+    format, version     "transformer_toolkit.checkpoint", 1
+    kind                "step" | "best" | "pause"
+    model               the full model state dict (``model.load_state_dict(ckpt["model"])`` works)
+    optimizer, scaler   optimizer state dict; GradScaler state dict or None
+    step                optimizer steps completed
+    best_val_loss       best validation loss so far (inf before the first eval)
+    val_loss            the latest validation loss, or None
+    model_config        the model's TransformerConfig as a plain dict (None for other modules)
+    train_config        the TrainConfig as a plain dict
+    rng                 one entry per rank: torch / cuda / numpy / python RNG states
+    data                one entry per rank: the train loader position (see batches.py)
+    world_size, torch_version
+
+Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(path, weights_only=True)``
+(the default since PyTorch 2.6) reads it and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+FORMAT, VERSION = "transformer_toolkit.checkpoint", 1
+STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path + ".tmp"``, fsync, then ``os.replace``: a crash mid-write leaves
+    the previous file at ``path`` intact and removes the partial temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# RNG state ------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """Every RNG a training step can touch, as tensors and plain lists (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            warnings.warn("the checkpoint's CUDA RNG states are for another number of GPUs; not restored",
+                          stacklevel=2)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# loading --------------------------------------------------------------------------------------
+def read_ckpt(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` with a clear error for a missing file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}; check the path or use resume_from='auto'")
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+# Fields that change no weight and no computation that matters for loading (dropout is 0.0 at
+# inference by design, so a training checkpoint is routinely loaded into a dropout-free model).
+BENIGN_FIELDS = ("dropout",)
+
+
+def config_diff(ckpt: dict, model: nn.Module) -> dict[str, tuple]:
+    """``{field: (checkpoint value, model value)}`` where the saved model config differs."""
+    saved, cfg = ckpt.get("model_config"), getattr(model, "cfg", None)
+    if not saved or cfg is None or not hasattr(cfg, "to_dict"):
+        return {}
+    now = cfg.to_dict()
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+
+def load_model_state(ckpt: dict, model: nn.Module, path) -> None:
+    """``model.load_state_dict(ckpt["model"])``; a mismatch names the differing config fields."""
+    diff = config_diff(ckpt, model)
+    fields = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        hint = f" The configs differ ({fields}); build the model with TransformerConfig(**ckpt['model_config'])." \
+            if diff else ""
+        raise ValueError(f"{os.fspath(path)} does not fit this model.{hint}\n{e}") from None
+    if any(k not in BENIGN_FIELDS for k in diff):
+        warnings.warn(f"{os.fspath(path)} was saved from a different model config ({fields}); "
+                      "the weights loaded, but check that this is intended", stacklevel=3)
+
+
+def load_ckpt(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              map_location="cpu") -> dict:
+    """Load a checkpoint's weights into ``model`` (and its state into ``optimizer`` if given);
+    return the whole checkpoint dict (``step``, ``best_val_loss``, configs, ...).
+
+    >>> load_ckpt("checkpoints/best.pt", model)  # doctest: +SKIP
+    """
+    ckpt = read_ckpt(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{os.fspath(path)} is not a training checkpoint (no 'model' entry)")
+    load_model_state(ckpt, model, path)
+    if optimizer is not None:
+        if ckpt.get("optimizer") is None:
+            raise ValueError(f"{os.fspath(path)} holds no optimizer state; call load_ckpt without optimizer")
+        optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt
+
+
+# the checkpoint folder ------------------------------------------------------------------------
+def step_ckpts(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(N, path)`` of every ``step_N.pt`` in ``ckpt_dir``, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_ckpt(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest resumable checkpoint (``pause.pt`` or ``step_N.pt``) by the step stored inside;
+    unreadable files are skipped with a warning. ``best.pt`` is not a resume point: it is an
+    older state whenever validation got worse later."""
+    candidates = [p for _, p in step_ckpts(ckpt_dir)]
+    pause = Path(ckpt_dir) / "pause.pt"
+    if pause.is_file():
+        candidates.append(pause)
+    best, best_step = None, -1
+    for p in candidates:
+        try:
+            step = int(read_ckpt(p, mmap=True)["step"])  # mmap: reads the small header, not the weights
+        except Exception as e:  # a foreign or damaged file must not block resuming from the others
+            warnings.warn(f"skipping unreadable checkpoint {p}: {e}", stacklevel=2)
+            continue
+        if step >= best_step:  # on a tie the later candidate (pause.pt) wins: it is the newer write
+            best, best_step = p, step
+    return best
+
+
+def prune_step_ckpts(ckpt_dir: str | os.PathLike, keep_last_n: int | None) -> None:
+    """Delete all but the newest ``keep_last_n`` ``step_N.pt`` files (best.pt and pause.pt stay)."""
+    if keep_last_n is None:
+        return
+    for _, p in step_ckpts(ckpt_dir)[:-keep_last_n]:
+        p.unlink(missing_ok=True)
