@@ -53,3 +53,51 @@ def test_sft_from_scratch_then_chat(tmp_path):
     accuracy = exact_match(answer, held_out)
     print(f"exact match on held-out prompts: {accuracy:.0%}")
     assert accuracy >= 0.9
+
+    # The seed README's chat() function, verbatim, on the same model.
+    namespace = {"template": template, "tok": tok, "model": model, "cfg_model": model.cfg, "torch": torch,
+                 "DEVICE": torch.device("cpu")}
+    exec(README_CHAT, namespace)
+    readme_score = exact_match(lambda p: namespace["chat"](p, temperature=0.0, max_new=20), held_out[:10])
+    assert readme_score >= 0.9
+
+
+README_CHAT = """
+def chat(
+    prompt:      str,
+    system:      str   = None,
+    history:     list  = None,
+    max_new:     int   = 200,
+    temperature: float = 0.8,
+    top_k:       int   = 50,
+) -> str:
+    msgs = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    if history:
+        msgs.extend(history)
+    msgs.append({"role": "user", "content": prompt})
+
+    # format and append assistant header to prime generation
+    full_text, _ = template.format_messages(msgs)
+    primed       = full_text + template.assistant_header
+
+    ids = tok.encode(primed)
+    # truncate from left if too long — keep most recent context
+    if len(ids) > cfg_model.max_seq:
+        ids = ids[-cfg_model.max_seq:]
+
+    x = torch.tensor([ids], dtype=torch.long).to(DEVICE)
+    with torch.no_grad():
+        out = model.generate(x, max_new=max_new, temperature=temperature, top_k=top_k)
+
+    new_ids  = out[0][len(ids):].tolist()
+    response = tok.decode(new_ids, skip_special_tokens=False)
+
+    # strip end-of-turn marker
+    closer = template.assistant_closer.strip()
+    if closer and closer in response:
+        response = response[:response.index(closer)]
+
+    return response.strip()
+"""
