@@ -231,6 +231,12 @@ class Transformer(nn.Module):
         return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator)
 
     # weights and parameters ---------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> Transformer:
+        """Rebuild from a .pt checkpoint or a run folder (see model/loading.py)."""
+        from .loading import load_transformer
+        return load_transformer(path, map_location)
+
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
         return _debug.fmt_count(self.num_parameters(exclude_embeddings))

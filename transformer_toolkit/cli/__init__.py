@@ -1,0 +1,117 @@
+"""The ``ttk`` command: one function per subcommand (see train.py and use.py).
+
+Any mistake in the input (unknown field, bad value, missing file) prints one line naming it and
+exits with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+RESUME_HELP = ("auto (default): continue from the newest checkpoint in OUT/checkpoints, or start fresh when "
+               "there is none; none: start fresh and refuse a folder that already holds checkpoints; "
+               "PATH: continue from that checkpoint")
+SAMPLE_PROMPTS = ["def ", "import ", "class "]
+
+
+def _run_args(p: argparse.ArgumentParser, default_recipe: str) -> None:
+    p.add_argument("--config", help=f"run config YAML, or a recipe name from recipes/ (default: {default_recipe})")
+    p.add_argument("--out", help="run folder (default: runs/<name>)")
+    p.add_argument("--name", help="run name (default: the config's name)")
+    p.add_argument("--resume", default="auto", help=RESUME_HELP)
+
+
+def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--run", required=True, help="run folder or .pt checkpoint")
+    p.add_argument("--max-new", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top-k", type=int, default=50)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="ttk", description="transformer-toolkit: train, fine-tune and use small LLMs.",
+        epilog="Run configs take dotted overrides after the options, e.g. "
+               "ttk train --config llama-small --model.dim 256 --train.max_steps 30 --out runs/exp1")
+    ap.add_argument("--version", action="version", version=f"transformer-toolkit {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("tokenizer", help="train a BPE tokenizer on text files -> tokenizer.json")
+    p.add_argument("files", nargs="+", help="text files, or builtin:python-stdlib")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--out", default="tokenizer.json")
+    p.add_argument("--max-mb", type=float, default=12.0, help="size cap of builtin:python-stdlib")
+
+    p = sub.add_parser("prepare", help="tokenise text files into a token file (.bin) and train/val .npy")
+    p.add_argument("files", nargs="+", help="text files, or builtin:python-stdlib")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json or a run folder")
+    p.add_argument("--out", default="tokens.bin")
+    p.add_argument("--split", type=float, help="also write OUT.train.npy / OUT.val.npy with this train fraction")
+    p.add_argument("--max-mb", type=float, default=12.0)
+
+    p = sub.add_parser("train", help="pretrain a model (no arguments: builtin:python-stdlib, ~4 min on CPU)")
+    _run_args(p, "quickstart")
+    p.add_argument("--samples", nargs="*", default=SAMPLE_PROMPTS, help="prompts to sample at the end")
+    p.add_argument("--max-new", type=int, default=60)
+
+    p = sub.add_parser("sft", help="fine-tune on conversations (no arguments: builtin:synthetic reverse/add)")
+    _run_args(p, "sft")
+    p.add_argument("--init", help="start from this run folder or checkpoint instead of from scratch")
+
+    p = sub.add_parser("generate", help="sample a completion from a run's model")
+    _gen_args(p, 0.8)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("chat", help="chat with a run's model (/reset, /system TEXT, /exit); reads piped stdin too")
+    _gen_args(p, 0.0)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--template", help="chat template (default: the run's, else chatml)")
+
+    p = sub.add_parser("eval", help="perplexity of a run's model on a text file or token file")
+    p.add_argument("--run", required=True, help="run folder or .pt checkpoint")
+    p.add_argument("--data", required=True, help="text file, or token file (.bin/.npy)")
+    p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")
+    p.add_argument("--max-tokens", type=int, default=200_000)
+    return ap
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    if isinstance(e, ValidationError) and len(lines) > 1:  # line 0 is "N validation errors for X"
+        return lines[1] + (f": {lines[2]}" if len(lines) > 2 else "")
+    return lines[0] if lines else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ttk`` and ``python -m transformer_toolkit``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if args.command is None:
+        args, extra = ap.parse_known_args(["train", *argv])
+    try:
+        from . import train, use
+        from .config import parse_overrides
+
+        overrides = parse_overrides(extra)
+        if overrides and args.command not in ("train", "sft"):
+            raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
+        handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
+                    "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
+                    "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
+                    "eval": lambda: use.cmd_eval(args)}
+        return handlers[args.command]()
+    except (ValueError, FileNotFoundError, ValidationError) as e:
+        if args.debug:
+            raise
+        print(f"ttk {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,190 @@
+"""``ttk sft``, ``ttk generate``, ``ttk chat`` and ``ttk eval``: fine-tune and use a run."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import config as C
+from .builtin import synthetic_split
+from .train import resume_target, run_folder, train_config
+
+
+def load_run(path):
+    """``(model, tokenizer, run_config)`` from a run folder or a checkpoint inside one."""
+    from ..model import Transformer
+    from ..model.loading import resolve_checkpoint, run_dir_of
+    from ..tokenizer import load_tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    model = Transformer.from_checkpoint(ckpt)
+    run_dir = run_dir_of(ckpt)
+    for folder in (run_dir, ckpt.parent):
+        if (folder / "tokenizer.json").is_file():
+            tok = load_tokenizer(folder / "tokenizer.json")
+            break
+    else:
+        raise FileNotFoundError(f"no tokenizer.json next to {ckpt} (looked in {run_dir})")
+    cfg_path = run_dir / "config.yaml"
+    run_config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    return model, tok, run_config or {}
+
+
+def template_of(run_config: dict):
+    """The run's chat template (config.yaml stores it as a dict), chatml for a pretraining run."""
+    from ..sft import ChatTemplate
+
+    t = (run_config.get("data") or {}).get("template") or "chatml"
+    return ChatTemplate.from_dict(t) if isinstance(t, dict) else t
+
+
+def cmd_sft(args, overrides: dict) -> int:
+    """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
+    from ..model import Transformer
+    from ..sft import ChatSession, SFTTrainer, from_sft_json, from_sft_strings
+    from ..sft.synthetic import exact_match
+    from ..tokenizer import RustBPETokenizer, load_tokenizer
+
+    raw = C.merge(C.read_yaml(args.config or "sft"), overrides)
+    if args.name:
+        raw["name"] = args.name
+    if args.init:
+        raw["init"] = args.init
+    run = C.resolve(raw, "sft")
+    out = run_folder(args, run)
+    resume = resume_target(args, out / "checkpoints")
+    ex, data_cfg = run["extras"], run["data"]
+    corpus = ex["corpus"]
+    if corpus == "builtin:synthetic":
+        train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"])
+    elif isinstance(corpus, str) and os.path.isfile(corpus):
+        train, held_out = None, []
+    else:
+        raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
+
+    model = None
+    if run["init"]:
+        model, tok, _ = load_run(run["init"])
+        model.train()
+    elif (out / "tokenizer.json").is_file() or ex["tokenizer"]:
+        tok = load_tokenizer(out / "tokenizer.json" if (out / "tokenizer.json").is_file() else ex["tokenizer"])
+    else:
+        template = data_cfg.template
+        texts = [template.format_messages(s["messages"])[0] for s in (train or [])[:1000]]
+        if not texts:
+            from ..sft.loaders import read_json_samples
+            texts = [template.format_messages(s["messages"])[0] for s in read_json_samples(corpus)[:1000]]
+        tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
+    tok.save(str(out / "tokenizer.json"))
+
+    data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
+    train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
+        from_sft_json(corpus, tok, data_cfg)
+    if model is None:
+        model = Transformer(C.model_config(run, tok.vocab_size))
+    train_cfg = train_config(run, out)
+    C.write_yaml(C.resolved_dict(run, model.cfg, train_cfg), out / "config.yaml")
+    t0 = time.time()
+    summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
+    print(f"sft: step {summary['step']}, best val loss {summary.get('best_val_loss')}, "
+          f"{time.time() - t0:.0f}s -> {out}")
+    if held_out:
+        session = ChatSession(model, tok, template=data_cfg.template, max_new=24, temperature=0)
+
+        def answer(prompt: str) -> str:
+            session.reset()
+            return session.ask(prompt)
+
+        print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    """Sample a completion of ``--prompt`` from a run's model."""
+    import torch
+
+    model, tok, _ = load_run(args.run)
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.tensor(tok.encode(args.prompt), dtype=torch.long)
+    if len(ids) == 0:
+        raise ValueError("--prompt encodes to no tokens; give some text")
+    for t in model.stream(ids, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
+                          stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g):
+        ids = torch.cat([ids, t.view(1)])
+    print(tok.decode(ids.tolist()))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """A REPL over ChatSession: /reset, /system TEXT, /exit. Piped stdin: one message per line,
+    only the replies are printed."""
+    from ..sft import ChatSession
+
+    model, tok, run_config = load_run(args.run)
+    session = ChatSession(model, tok, template=args.template or template_of(run_config), system=args.system,
+                          max_new=args.max_new, temperature=args.temperature, top_k=args.top_k)
+    tty = sys.stdin.isatty()
+    if tty:
+        print("chat: /reset forgets the conversation, /system TEXT sets the system prompt, /exit quits")
+    while True:
+        if tty:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            session.reset()
+            continue
+        if line.startswith("/system"):
+            session.system = line[len("/system"):].strip() or None
+            session.reset()
+            continue
+        if not tty:  # piped: exactly one line per reply, so a script can pair questions and answers
+            print(session.ask(line).replace("\n", " "), flush=True)
+            continue
+        for piece in session.ask_stream(line):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Perplexity of a run's model on a text file or a token file (.bin/.npy)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.tokens import open_tokens
+
+    model, tok, _ = load_run(args.run)
+    if not os.path.isfile(args.data):
+        raise FileNotFoundError(f"--data {args.data!r} does not exist")
+    if Path(args.data).suffix in (".bin", ".npy"):
+        ids = torch.as_tensor(open_tokens(args.data)[: args.max_tokens].astype("int64"))
+    else:
+        text = Path(args.data).read_text(encoding="utf-8", errors="replace")
+        ids = torch.tensor(tok.encode(text)[: args.max_tokens], dtype=torch.long)
+    T = min(args.seq_len or model.cfg.max_seq, model.cfg.max_seq)
+    if len(ids) < 2:
+        raise ValueError(f"{args.data} holds fewer than 2 tokens; nothing to evaluate")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for a in range(0, len(ids) - 1, T):
+            x = ids[a: a + T + 1]
+            if len(x) < 2:
+                break
+            logits, _ = model(x[:-1].unsqueeze(0))
+            total += F.cross_entropy(logits[0].float(), x[1:], reduction="sum").item()
+            count += len(x) - 1
+    loss = total / count
+    print(f"eval: {count:,} tokens, loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}")
+    return 0
