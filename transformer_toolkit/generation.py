@@ -13,6 +13,7 @@ last ``max_seq`` tokens.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -81,12 +82,61 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
         yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator)
 
 
+class GraphStep:
+    """One decode step (one token per row at a tensor position) captured in a CUDA graph.
+
+    Eager decoding of a small batch launches a few hundred small kernels per token, and on a
+    GPU the launches, not the weight reads, then set the pace. The step is captured once per
+    ``generate`` call (after warm-up runs on a side stream, as CUDA graphs require) and
+    replayed with the next token and position copied into its static inputs: every shape is
+    the same at every position because the step attends over the whole cache buffer with a
+    mask (``Transformer._static_context``). ``GraphStep.create`` returns None where capture is
+    not possible (not CUDA, or an operation that syncs with the host), and decoding stays eager.
+    """
+
+    def __init__(self, model, cache, batch: int, device: torch.device):
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up (allocations, lazy kernel setup) outside the capture
+                model(self.tok, cache=cache, start_pos=self.pos)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits, _ = model(self.tok, cache=cache, start_pos=self.pos)
+
+    @classmethod
+    def create(cls, model, cache, batch: int, device: torch.device) -> GraphStep | None:
+        if device.type != "cuda" or not CUDA_GRAPHS:
+            return None
+        try:
+            return cls(model, cache, batch, device)
+        except RuntimeError as e:  # e.g. a host read inside the step: stay eager
+            warnings.warn(f"decoding without a CUDA graph (capture failed: {str(e).splitlines()[0]})", stacklevel=3)
+            return None
+
+    def __call__(self, tokens: Tensor, pos: int) -> Tensor:
+        self.tok.copy_(tokens)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
+
+
+# Opt-in until measured on hardware: no GPU has been available to this project yet, so the
+# captured step is covered by CPU tests of the tensor-position step it replays
+# (tests/model/test_static_decode.py) and by tests/gpu/, which has not run. Set True to use it.
+CUDA_GRAPHS = False
+
+
 def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, top_k, top_p,
                  stops: Tensor, pad: int | None, generator) -> Iterator[tuple[Tensor, Tensor]]:
     B, max_seq = out.shape[0], model.cfg.max_seq
     keep = max(1, max_seq // 2)
     done = torch.zeros(B, dtype=torch.bool, device=out.device)
     cache = model.make_cache(B, device=out.device)
+    graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
     win = max(0, T0 - max_seq)  # window start in `out`
     logits, _ = model(out[:, win:T0], cache=cache, start_pos=0)  # prefill
     n_ctx, cur = T0 - win, T0
@@ -103,6 +153,9 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
         if n_ctx == max_seq:  # window full: slide and rebuild the cache from the kept tokens
             logits, _ = model(out[:, cur - keep:cur], cache=cache, start_pos=0)
             n_ctx = keep
+        elif graph is not None:
+            logits = graph(nxt[:, None], n_ctx)
+            n_ctx += 1
         else:
             logits, _ = model(nxt[:, None], cache=cache, start_pos=n_ctx)  # decode one token
             n_ctx += 1

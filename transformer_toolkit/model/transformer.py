@@ -123,6 +123,8 @@ class Transformer(nn.Module):
     # forward ------------------------------------------------------------------------------
     def _context(self, T: int, start: int, device: torch.device) -> AttnContext:
         """Positions and masks for queries at ``start..start+T-1`` over keys ``0..start+T-1``."""
+        if isinstance(start, Tensor):
+            raise TypeError("a tensor start_pos needs a cache (see _static_context)")
         rope = self.rope(start, T) if self.rope is not None else None
         S = start + T
         continuing = start > 0
@@ -137,6 +139,22 @@ class Transformer(nn.Module):
         q_pos = torch.arange(start, S, device=device)
         causal = torch.arange(S, device=device)[None, :] <= q_pos[:, None]  # (T, S), True = attend
         return AttnContext(start, rope, causal, False, continuing)
+
+    def _static_context(self, B: int, T: int, start: Tensor, cache_len: int) -> tuple[AttnContext, Tensor]:
+        """Context for a cached step whose position is a tensor: keys are the whole cache
+        buffer (``cache_len`` slots) and a mask hides the slots after each query. Every shape
+        is independent of the position, and nothing reads it on the host, so the step can be
+        captured once in a CUDA graph and replayed at any position. Returns the context and
+        the ``(B, T)`` positions."""
+        positions = (start.reshape(1) + torch.arange(T, device=start.device)).expand(B, T)
+        k_pos = torch.arange(cache_len, device=start.device)
+        visible = k_pos[None, :] <= positions[0][:, None]  # (T, S), True = attend
+        rope = self.rope(0, T, positions) if self.rope is not None else None
+        if self.alibi_slopes is not None:
+            bias = alibi_bias(self.alibi_slopes, positions[0], k_pos).masked_fill(~visible, float("-inf"))
+            return AttnContext(start, rope, bias.unsqueeze(0).to(compute_dtype(self.embed.weight)),
+                               False, True), positions
+        return AttnContext(start, rope, visible, False, True), positions
 
     def _packed_context(self, doc_ids: Tensor) -> tuple[AttnContext, Tensor]:
         """Context for rows packed with several documents: ``doc_ids (B, T)`` numbers them.
@@ -160,23 +178,32 @@ class Transformer(nn.Module):
         return AttnContext(0, rope, mask, False, False), positions
 
     def forward(self, tokens: Tensor, cache: list[LayerCache] | None = None,
-                start_pos: int = 0, doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                start_pos: int | Tensor = 0, doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens ``(B, T)`` -> ``(logits (B, T, vocab), aux_loss ())``.
 
         With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
         sequence whose earlier positions are already cached; their keys and values are added.
+        ``start_pos`` may be a long tensor (one element) for a step with position-independent
+        shapes (CUDA graphs); it is not bounds-checked then.
         With ``doc_ids`` ``(B, T)`` (packed SFT rows), tokens attend only within their document
         and positions restart at each document (``moe_ec`` still routes over the whole row).
         """
         B, T = tokens.shape
-        if start_pos + T > self.cfg.max_seq:
+        static = isinstance(start_pos, Tensor)
+        if static and cache is None:
+            raise ValueError("a tensor start_pos is for cached decoding: pass the cache too")
+        if not static and start_pos + T > self.cfg.max_seq:
             raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq={self.cfg.max_seq}; "
                              f"crop the input or build the model with a larger max_seq")
-        if doc_ids is not None and (cache is not None or start_pos):
+        if doc_ids is not None and (cache is not None or static or start_pos):
             raise ValueError("doc_ids (packed rows) is for training and scoring full rows, not for cached decoding")
         x = self.embed(tokens)  # (B, T, dim)
         if doc_ids is not None:
             ctx, positions = self._packed_context(doc_ids.to(tokens.device))
+            if self.pos is not None:
+                x = x + self.pos(0, T, positions)
+        elif static:
+            ctx, positions = self._static_context(B, T, start_pos.to(tokens.device), cache[0].max_len)
             if self.pos is not None:
                 x = x + self.pos(0, T, positions)
         else:
