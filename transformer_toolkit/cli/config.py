@@ -8,6 +8,7 @@ class, so a typo fails with the field name and the closest valid one.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from ..model import TransformerConfig
 from ..sft import SFTDataConfig
 from ..trainer import TrainConfig
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+# The recipes ship inside the package (package data), so `--config llama-small` works from an
+# installed wheel as well as from a checkout; the repository's recipes/ is a link to this folder.
+RECIPES = resources.files("transformer_toolkit") / "recipes"
 SECTIONS = ("model", "train", "data")
 TOP_LEVEL = ("name", "init") + SECTIONS
 
@@ -64,14 +67,25 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
+def recipe_names() -> list[str]:
+    """The names of the recipes shipped with the package (``quickstart``, ``llama-small``, ...)."""
+    return sorted(r.name.removesuffix(".yaml") for r in RECIPES.iterdir() if r.name.endswith(".yaml"))
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A recipe by path, or by name from recipes/ (``quickstart`` -> recipes/quickstart.yaml)."""
+    """A run config by path, or a shipped recipe by name (``llama-small`` or ``llama-small.yaml``).
+
+    A path that exists wins, so a local ``recipes/x.yaml`` can shadow a shipped recipe; otherwise
+    ``recipes/llama-small.yaml`` (the repository's path) also finds the shipped recipe, so the
+    commands in the README work from any directory with an installed wheel."""
     p = Path(path)
-    if not p.is_file() and (RECIPES / f"{path}.yaml").is_file():
-        p = RECIPES / f"{path}.yaml"
     if not p.is_file():
-        names = [r.stem for r in RECIPES.glob("*.yaml")]
-        raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist{suggest(str(path), names)}")
+        name = p.name.removesuffix(".yaml")
+        names = recipe_names()
+        if name not in names or str(p.parent) not in (".", "recipes"):
+            raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist{suggest(name, names)}; "
+                                    f"shipped recipes: {', '.join(names)}")
+        p = RECIPES / f"{name}.yaml"
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{p}: a run config must be a mapping with sections {', '.join(SECTIONS)}")
