@@ -24,8 +24,15 @@ def _run_args(p: argparse.ArgumentParser, default_recipe: str) -> None:
     p.add_argument("--resume", default="auto", help=RESUME_HELP)
 
 
+def _source_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder or .pt checkpoint")
+    src.add_argument("--model", help="pretrained model: a transformers folder (Llama/Mistral/Qwen2/SmolLM/GPT-2/"
+                                     "Mixtral), a folder from ttk pull, or a .gguf file")
+
+
 def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--run", required=True, help="run folder or .pt checkpoint")
+    _source_args(p)
     p.add_argument("--max-new", type=int, default=100)
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-k", type=int, default=50)
@@ -62,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="fine-tune on conversations (no arguments: builtin:synthetic reverse/add)")
     _run_args(p, "sft")
-    p.add_argument("--init", help="start from this run folder or checkpoint instead of from scratch")
+    p.add_argument("--init", help="start from this run folder, checkpoint, transformers folder or .gguf file "
+                                  "instead of from scratch")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
 
     p = sub.add_parser("generate", help="sample a completion from a run's model")
     _gen_args(p, 0.8)
@@ -72,13 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat with a run's model (/reset, /system TEXT, /exit); reads piped stdin too")
     _gen_args(p, 0.0)
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--template", help="chat template (default: the run's, else chatml)")
+    p.add_argument("--template", help="chat template (default: the run's or the model's own, else chatml)")
 
     p = sub.add_parser("eval", help="perplexity of a run's model on a text file or token file")
-    p.add_argument("--run", required=True, help="run folder or .pt checkpoint")
+    _source_args(p)
     p.add_argument("--data", required=True, help="text file, or token file (.bin/.npy)")
     p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")
     p.add_argument("--max-tokens", type=int, default=200_000)
+
+    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp")
+    _source_args(p)
+    p.add_argument("--format", required=True, choices=("hf", "gguf"))
+    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
+                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0")
+    p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
+
+    p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
+    _source_args(p)
+    p.add_argument("--repo", required=True, help="user/name")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
+
+    p = sub.add_parser("pull", help="download a model repo from the Hub (never pickles) for use with --model")
+    p.add_argument("repo", help="user/name")
+    p.add_argument("--out", required=True, help="folder to download into")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
     return ap
 
 
@@ -97,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import train, use
+        from . import interop, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
@@ -106,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
-                    "eval": lambda: use.cmd_eval(args)}
+                    "eval": lambda: use.cmd_eval(args), "export": lambda: interop.cmd_export(args),
+                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args)}
         return handlers[args.command]()
-    except (ValueError, FileNotFoundError, ValidationError) as e:
+    except (ValueError, FileNotFoundError, ValidationError, ImportError) as e:
         if args.debug:
             raise
         print(f"ttk {args.command}: error: {_first_line(e)}", file=sys.stderr)

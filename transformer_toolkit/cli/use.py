@@ -12,6 +12,7 @@ import yaml
 
 from . import config as C
 from .builtin import synthetic_split
+from .interop import is_pretrained, load_pretrained_model, load_source, save_run_tokenizer
 from .train import resume_target, run_folder, train_config
 
 
@@ -25,6 +26,9 @@ def load_run(path):
     model = Transformer.from_checkpoint(ckpt)
     run_dir = run_dir_of(ckpt)
     for folder in (run_dir, ckpt.parent):
+        if (folder / "tokenizer_config.json").is_file():  # a pretrained model's tokenizer (ttk sft --model)
+            tok = load_tokenizer(folder)
+            break
         if (folder / "tokenizer.json").is_file():
             tok = load_tokenizer(folder / "tokenizer.json")
             break
@@ -53,8 +57,10 @@ def cmd_sft(args, overrides: dict) -> int:
     raw = C.merge(C.read_yaml(args.config or "sft"), overrides)
     if args.name:
         raw["name"] = args.name
-    if args.init:
-        raw["init"] = args.init
+    if args.init and args.model:
+        raise ValueError("give --init or --model, not both (they mean the same)")
+    if args.init or args.model:
+        raw["init"] = args.init or args.model
     run = C.resolve(raw, "sft")
     out = run_folder(args, run)
     resume = resume_target(args, out / "checkpoints")
@@ -68,7 +74,10 @@ def cmd_sft(args, overrides: dict) -> int:
         raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
     model = None
-    if run["init"]:
+    if run["init"] and is_pretrained(run["init"]):
+        model, tok, _ = load_pretrained_model(run["init"], warn=False)  # the recipe's template is trained
+        model.train()
+    elif run["init"]:
         model, tok, _ = load_run(run["init"])
         model.train()
     elif (out / "tokenizer.json").is_file() or ex["tokenizer"]:
@@ -80,7 +89,7 @@ def cmd_sft(args, overrides: dict) -> int:
             from ..sft.loaders import read_json_samples
             texts = [template.format_messages(s["messages"])[0] for s in read_json_samples(corpus)[:1000]]
         tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
-    tok.save(str(out / "tokenizer.json"))
+    save_run_tokenizer(tok, out)
 
     data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
     train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
@@ -108,7 +117,7 @@ def cmd_generate(args) -> int:
     """Sample a completion of ``--prompt`` from a run's model."""
     import torch
 
-    model, tok, _ = load_run(args.run)
+    model, tok, _, _ = load_source(args, warn=False)
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.tensor(tok.encode(args.prompt), dtype=torch.long)
     if len(ids) == 0:
@@ -125,8 +134,8 @@ def cmd_chat(args) -> int:
     only the replies are printed."""
     from ..sft import ChatSession
 
-    model, tok, run_config = load_run(args.run)
-    session = ChatSession(model, tok, template=args.template or template_of(run_config), system=args.system,
+    model, tok, template, _ = load_source(args, warn=not args.template)
+    session = ChatSession(model, tok, template=args.template or template, system=args.system,
                           max_new=args.max_new, temperature=args.temperature, top_k=args.top_k)
     tty = sys.stdin.isatty()
     if tty:
@@ -165,7 +174,7 @@ def cmd_eval(args) -> int:
 
     from ..data.tokens import open_tokens
 
-    model, tok, _ = load_run(args.run)
+    model, tok, _, _ = load_source(args, warn=False)
     if not os.path.isfile(args.data):
         raise FileNotFoundError(f"--data {args.data!r} does not exist")
     if Path(args.data).suffix in (".bin", ".npy"):

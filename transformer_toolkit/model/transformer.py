@@ -264,6 +264,27 @@ class Transformer(nn.Module):
         from .loading import load_transformer
         return load_transformer(path, map_location)
 
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, **overrides) -> Transformer:
+        """Load a transformers folder (Llama / Mistral / Qwen2 / SmolLM / GPT-2 / Mixtral, safetensors),
+        a folder from ``push_to_hub``/``pull_from_hub``, or a ``.gguf`` file; ``overrides`` replace
+        config fields (e.g. ``max_seq=512``). See ``transformer_toolkit.convert``."""
+        from ..convert import load_model
+        return load_model(path, dtype, **overrides)
+
+    def save_pretrained(self, path, tokenizer=None, template=None) -> str:
+        """Write a folder that ``transformers.AutoModelForCausalLM.from_pretrained`` and
+        ``AutoTokenizer.from_pretrained`` load; ``template`` (a preset name or ChatTemplate) becomes
+        the tokenizer's chat template. Raises ValueError naming the fields that have no
+        transformers counterpart."""
+        from ..convert import save_pretrained
+        return save_pretrained(self, path, tokenizer=tokenizer, template=template)
+
+    def save_gguf(self, path, tokenizer=None, template=None, dtype: str = "f16") -> str:
+        """Write a GGUF file for llama.cpp (``dtype`` "f16", "f32" or "q8_0")."""
+        from ..convert.auto import gguf_module
+        return gguf_module().save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
+
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
         return _debug.fmt_count(self.num_parameters(exclude_embeddings))

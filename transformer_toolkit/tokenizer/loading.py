@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .base import SPECIAL_TOKENS
+from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
 from .bpe import RustBPETokenizer
 from .byte_level import _KIND as BYTE_LEVEL_KIND
 from .byte_level import ByteLevelTokenizer
@@ -19,14 +19,27 @@ def load_tokenizer(path: str | os.PathLike):
 
     - a JSON file saved by ``ByteLevelTokenizer.save`` -> ByteLevelTokenizer
     - a ``tokenizer.json`` (file, or a folder holding one) with the project's special tokens
-      at ids 0..20 -> RustBPETokenizer
-    - any other transformers tokenizer folder or ``tokenizer.json`` -> HFTokenizer
+      at ids 0..20 -> RustBPETokenizer (a transformers folder written by ``save_pretrained``
+      too, unless its tokenizer_config.json names other bos/eos/pad tokens)
+    - any other transformers tokenizer folder or ``tokenizer.json`` -> HFTokenizer (bos/eos/pad
+      ids from tokenizer_config.json)
+    - a ``.gguf`` file -> the tokenizer stored in its metadata (``convert.gguf.gguf_tokenizer``)
+
+    From a folder, the chat template (``chat_template.jinja`` or tokenizer_config.json) is
+    available as ``tok.chat_template`` (None when there is none).
     """
     path = os.fspath(path)
+    if path.endswith(".gguf") and os.path.isfile(path):
+        from ..convert.auto import gguf_module
+
+        return gguf_module().gguf_tokenizer(path)
     if os.path.isdir(path):
         inner = os.path.join(path, "tokenizer.json")
-        if os.path.isfile(inner) and _kind(inner) in ("byte_level", "ours"):
-            return load_tokenizer(inner)
+        kind = _kind(inner) if os.path.isfile(inner) else None
+        if kind == "byte_level" or (kind == "ours" and _config_agrees(path)):
+            tok = load_tokenizer(inner)
+            tok.chat_template = _folder_template(path)
+            return tok
         if any(os.path.isfile(os.path.join(path, f)) for f in _HF_FILES):
             return HFTokenizer(path)
         raise FileNotFoundError(f"{path} holds no tokenizer: expected tokenizer.json or a transformers "
@@ -41,7 +54,30 @@ def load_tokenizer(path: str | os.PathLike):
     if kind == "hf":
         return HFTokenizer(path)
     raise ValueError(f"{path} is not a tokenizer file this library knows: expected a tokenizer.json "
-                     "(Hugging Face tokenizers format) or a file saved by ByteLevelTokenizer.save")
+                     "(Hugging Face tokenizers format), a .gguf file, or a file saved by ByteLevelTokenizer.save")
+
+
+def _config_agrees(folder: str) -> bool:
+    """False when tokenizer_config.json names bos/eos/pad tokens other than ours (then the
+    folder's own settings win, through HFTokenizer)."""
+    cfg_path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(cfg_path):
+        return True
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for key, i in (("bos_token", BOS_ID), ("eos_token", EOS_ID), ("pad_token", PAD_ID)):
+        value = cfg.get(key)
+        if isinstance(value, dict):  # AddedToken written as a dict
+            value = value.get("content")
+        if value is not None and value != SPECIAL_TOKENS[i]:
+            return False
+    return True
+
+
+def _folder_template(folder: str) -> str | None:
+    from ..convert.chat_template import read_chat_template
+
+    return read_chat_template(folder)
 
 
 def _kind(path: str) -> str | None:

@@ -1,0 +1,39 @@
+"""Tiny models of each family for the HF conversion tests (imported by name, not via conftest)."""
+
+from __future__ import annotations
+
+import torch
+
+from transformer_toolkit.model.config import TransformerConfig
+from transformer_toolkit.model.transformer import Transformer
+
+VOCAB, SEQ = 97, 64
+BASE = dict(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, max_seq=SEQ)
+
+# our config -> the transformers class it must export to
+FAMILIES = {
+    "llama_mha_tied": (dict(), "LlamaForCausalLM"),
+    "llama_gqa_untied": (dict(attn="gqa", n_kv_heads=2, tie_weights=False, rope_theta=5e5, eps=1e-5),
+                         "LlamaForCausalLM"),
+    "llama_mqa_bias": (dict(attn="mqa", bias=True, head_dim=32), "LlamaForCausalLM"),
+    "qwen2": (dict(attn="gqa", n_kv_heads=2, qkv_bias=True), "Qwen2ForCausalLM"),
+    "mixtral": (dict(attn="gqa", n_kv_heads=2, ffn="moe", n_experts=4, top_k=2, hidden_dim=96),
+                "MixtralForCausalLM"),
+    "gpt2": (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, eps=1e-5), "GPT2LMHeadModel"),
+}
+
+
+def tiny_model(overrides: dict, seed: int = 0) -> Transformer:
+    """A random model whose norms and biases are perturbed too, so a swapped or dropped
+    bias/scale changes the logits."""
+    torch.manual_seed(seed)
+    model = Transformer(TransformerConfig(**BASE, **overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def tokens(seed: int = 1, batch: int = 2, length: int = 24) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)

@@ -1,0 +1,116 @@
+"""The chat template of a pretrained model, as one of our ``ChatTemplate`` presets.
+
+A transformers folder (``chat_template.jinja`` or ``tokenizer_config.json``) or a GGUF file
+carries its chat format as a Jinja program. Our chat and SFT code needs a ``ChatTemplate``
+(it must know which characters are the assistant's to build loss masks), so the Jinja is
+rendered on probe conversations and compared with each preset's rendering: the preset that
+renders the same text is used. BOS is compared loosely (our presets spell it ``[BOS]`` and
+insert the tokenizer's BOS id; a model's template writes its own BOS string).
+
+>>> template, matched = template_for_model("SmolLM2-135M-Instruct/")   # doctest: +SKIP
+>>> template.preset, matched
+('chatml', True)
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from ..sft.templates import PRESETS, ChatTemplate
+from .files import read_json
+
+# Probes: with a system message first; a template that refuses system messages gets the second.
+_TURNS = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
+          {"role": "user", "content": "And 4 + 4?"}]
+PROBES = ([{"role": "system", "content": "Be brief."}, *_TURNS], _TURNS)
+
+
+def read_chat_template(path: str | os.PathLike) -> str | None:
+    """The Jinja chat template stored with a model: a transformers folder's
+    ``chat_template.jinja`` (transformers >= 5) or ``tokenizer_config.json`` ``chat_template``,
+    or a ``.gguf`` file's ``tokenizer.chat_template``; None when there is none."""
+    path = os.fspath(path)
+    if path.endswith(".gguf") and os.path.isfile(path):
+        return _gguf_template(path)
+    jinja = os.path.join(path, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    t = read_json(cfg_path).get("chat_template")
+    if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    return t if isinstance(t, str) else None
+
+
+def _gguf_template(path: str) -> str | None:
+    try:
+        from . import gguf as gguf_mod
+    except ImportError:
+        gguf_mod = None
+    if gguf_mod is not None and hasattr(gguf_mod, "gguf_chat_template"):
+        return gguf_mod.gguf_chat_template(path)
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True, bos_token: str = "",
+           eos_token: str = "") -> str:
+    """Render a transformers-style chat template (sandboxed Jinja, ``trim_blocks`` and
+    ``lstrip_blocks`` on, ``raise_exception`` available, as transformers renders it)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3.x templates use it
+    return env.from_string(jinja).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=bos_token, eos_token=eos_token)
+
+
+def match_preset(jinja: str, bos_token: str | None = None, eos_token: str | None = None) -> str | None:
+    """The name of the preset whose rendering equals ``jinja``'s on the probe conversations, or None."""
+    for probe in PROBES:
+        try:
+            theirs = render(jinja, probe, True, bos_token or "", eos_token or "")
+        except Exception:  # noqa: BLE001 - a template may refuse a probe (e.g. no system role); try the next
+            continue
+        if bos_token and theirs.startswith(bos_token):
+            theirs = theirs[len(bos_token):]
+        for name, fmt in PRESETS.items():
+            ours, _ = ChatTemplate(name).format_messages(probe, add_generation_prompt=True, bos=False)
+            if ours == theirs.removeprefix(fmt.bos_token):  # our own Jinja spells BOS as the preset does
+                return name
+        return None
+    return None
+
+
+def _token_text(tokenizer, attr: str) -> str | None:
+    i = getattr(tokenizer, f"{attr}_id", None)
+    if i is None:
+        return None
+    try:
+        return tokenizer.decode([i], skip_special_tokens=False)
+    except Exception:  # noqa: BLE001 - an id the tokenizer cannot decode just means no BOS text
+        return None
+
+
+def template_for_model(path: str | os.PathLike, tokenizer=None) -> tuple[ChatTemplate, bool]:
+    """``(template, matched)`` for a transformers folder or GGUF file: the preset its chat
+    template renders like, or ``(chatml, False)`` when it has none or matches no preset."""
+    jinja = getattr(tokenizer, "chat_template", None) or read_chat_template(path)
+    if not jinja:
+        return ChatTemplate("chatml"), False
+    name = match_preset(jinja, _token_text(tokenizer, "bos"), _token_text(tokenizer, "eos"))
+    return ChatTemplate(name or "chatml"), name is not None
