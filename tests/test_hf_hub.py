@@ -77,14 +77,14 @@ def test_push_uploads_exactly_the_transformers_folder(tok, tmp_path):
 
 
 def test_push_and_pull_a_native_folder_for_configs_transformers_lacks(tok, tmp_path):
-    model, hub = _model(tok, attn="mla", pos_enc="rope"), FakeHub()
+    model, hub = _model(tok, attn="mla", ffn="moe_ec", n_experts=4), FakeHub()  # expert choice: no HF class
     push_to_hub(REPO, model, tokenizer=tok, metrics=METRICS, step=7, api=hub)
     files = hub.repos[REPO]
     cfg = json.loads(files["config.json"])
     assert cfg["model_type"] == "transformer-toolkit" and cfg["transformer_config"] == model.cfg.to_dict()
     assert set(safetensors_torch.load(files["model.safetensors"])) == set(model.state_dict_for_save())
     card = files["README.md"].decode()
-    assert "no transformers counterpart" in card and "attn='mla'" in card
+    assert "no transformers counterpart" in card and "ffn='moe_ec'" in card
     assert "library_name: transformer-toolkit" in card
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in files)
 

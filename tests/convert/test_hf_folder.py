@@ -54,6 +54,8 @@ def test_export_matches_transformers_and_round_trips(name, tmp_path):
 
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, intermediate_size=96, max_position_embeddings=SEQ)
+DEEPSEEK = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                max_position_embeddings=SEQ, kv_lora_rank=16, qk_nope_head_dim=16, v_head_dim=16, qk_rope_head_dim=8)
 HF_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**SMALL, rope_theta=5e5, tie_word_embeddings=True),
     "smollm_llama_mha": lambda: transformers.LlamaConfig(**{**SMALL, "num_key_value_heads": 4}, head_dim=32,
@@ -64,6 +66,10 @@ HF_CONFIGS = {
                                                   sliding_window=None),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=SEQ,
                                             bos_token_id=0, eos_token_id=0),
+    "deepseek_v2_dense": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=2, q_lora_rank=None),
+    "deepseek_v2_moe": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=0, q_lora_rank=12,
+                                                             n_routed_experts=4, n_shared_experts=2,
+                                                             num_experts_per_tok=2, moe_intermediate_size=24),
 }
 
 
@@ -80,6 +86,22 @@ def test_import_transformers_model(name, tmp_path):
     with torch.no_grad():
         diff = (model(x)[0] - hf(x).logits).abs().max().item()
     assert diff <= TOL
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(first_k_dense_replace=1), "first_k_dense_replace=1"),
+    (dict(routed_scaling_factor=16.0), "routed_scaling_factor=16.0"),
+    (dict(topk_method="group_limited_greedy", n_group=2, topk_group=1), "topk_method='group_limited_greedy'"),
+    (dict(rms_norm_eps=1e-5), "rms_norm_eps=1e-05"),
+    (dict(v_head_dim=8), "v_head_dim=8"),
+])
+def test_deepseek_configs_we_cannot_represent_are_refused(change, field, tmp_path):
+    cfg = transformers.DeepseekV2Config(**{**DEEPSEEK, "first_k_dense_replace": 0, "n_routed_experts": 4,
+                                           "n_shared_experts": 1, "num_experts_per_tok": 2,
+                                           "moe_intermediate_size": 24, **change})
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field.replace("(", "\\(")):
+        load_pretrained(tmp_path)
 
 
 def test_sharded_checkpoint_loads(tmp_path):
@@ -104,7 +126,10 @@ def test_sharded_checkpoint_loads(tmp_path):
     (dict(norm="layernorm"), ["pos_enc='rope'", "ffn='swiglu'", "bias=False"]),
     (dict(ffn="moe", n_experts=4, moe_norm_topk=False), ["moe_norm_topk=False"]),
     (dict(ffn="moe_shared", n_experts=4, moe_n_shared=1), ["ffn='moe_shared'"]),
-    (dict(attn="mla"), ["attn='mla'"]),
+    (dict(attn="mla", eps=1e-5), ["DeepseekV2ForCausalLM", "eps=1e-05"]),
+    (dict(attn="mla", ffn="moe_shared", n_experts=4, moe_n_shared=1), ["moe_norm_topk=True"]),
+    (dict(attn="mla", ffn="moe", n_experts=4, bias=True), ["ffn='moe'", "bias/qkv_bias=True"]),
+    (dict(attn="mla", pos_enc="alibi"), ["pos_enc='alibi'"]),
     (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, tie_weights=False), ["tie_weights=False"]),
 ])
 def test_unsupported_config_raises_with_field_names(overrides, fields, tmp_path):

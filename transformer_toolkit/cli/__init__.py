@@ -73,17 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
                                   "instead of from scratch")
     p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
 
-    p = sub.add_parser("generate", help="sample a completion from a run's model")
+    p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("chat", help="chat with a run's model (/reset, /system TEXT, /exit); reads piped stdin too")
+    p = sub.add_parser("chat", help="chat with a run's or a pretrained model (/reset, /system TEXT, /exit); "
+                                    "reads piped stdin too")
     _gen_args(p, 0.0)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--template", help="chat template (default: the run's or the model's own, else chatml)")
 
-    p = sub.add_parser("eval", help="perplexity of a run's model on a text file or token file")
+    p = sub.add_parser("eval", help="perplexity of a run's or a pretrained model on a text file or token file")
     _source_args(p)
     p.add_argument("--data", required=True, help="text file, or token file (.bin/.npy)")
     p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")

@@ -2,16 +2,20 @@
 
 Each family is a set of required settings of our config; a config that matches none raises a
 ``ValueError`` naming the fields that block it. Families: ``llama`` (also Mistral/SmolLM on
-import), ``qwen2`` (Llama + q/k/v biases), ``mixtral`` (Llama + top-k MoE), ``gpt2``.
+import), ``qwen2`` (Llama + q/k/v biases), ``mixtral`` (Llama + top-k MoE), ``deepseek_v2``
+(MLA, dense or shared-expert MoE; see hf_deepseek.py), ``gpt2``.
 """
 
 from __future__ import annotations
 
 from ..model.config import TransformerConfig
+from . import hf_deepseek as deepseek
 
 SUPPORTED = ("LlamaForCausalLM (rmsnorm, rope, swiglu, mha/gqa/mqa/flash)",
              "Qwen2ForCausalLM (the same with qkv_bias=True)",
              "MixtralForCausalLM (the same with ffn='moe', moe_norm_topk=True)",
+             "DeepseekV2ForCausalLM (attn='mla', rmsnorm, rope, eps=1e-6, swiglu or moe_shared with "
+             "moe_norm_topk=False)",
              "GPT2LMHeadModel (layernorm, learned, ffn, mha, bias=True, tie_weights=True)")
 
 
@@ -21,6 +25,12 @@ def _blockers(cfg: TransformerConfig, want: dict) -> list[str]:
 
 def _family(cfg: TransformerConfig) -> str:
     """The transformers family that computes exactly what ``cfg`` computes, or ValueError."""
+    if cfg.attn == "mla":
+        bad = deepseek.blockers(cfg)
+        if bad:
+            raise ValueError(f"no exact transformers counterpart for DeepseekV2ForCausalLM: {'; '.join(bad)}. "
+                             f"Supported: {'; '.join(SUPPORTED)}")
+        return "deepseek_v2"
     if cfg.pos_enc == "learned" or cfg.norm == "layernorm":
         want = {"norm": "layernorm", "pos_enc": "learned", "ffn": "ffn", "bias": True,
                 "tie_weights": True}
@@ -34,10 +44,8 @@ def _family(cfg: TransformerConfig) -> str:
                              f"Supported: {'; '.join(SUPPORTED)}")
         return "gpt2"
     bad = _blockers(cfg, {"norm": "rmsnorm", "pos_enc": "rope"})
-    if cfg.attn == "mla":
-        bad.append("attn='mla' (DeepSeek-V2 export is not implemented: no checked exact mapping)")
     if cfg.ffn == "moe_shared":
-        bad.append("ffn='moe_shared' (DeepSeekMoE export is not implemented: no checked exact mapping)")
+        bad.append("ffn='moe_shared' (DeepSeekMoE exists in transformers only with attn='mla': DeepSeek-V2)")
     elif cfg.ffn not in ("swiglu", "moe"):
         bad.append(f"ffn={cfg.ffn!r} (needs 'swiglu', or 'moe' for Mixtral)")
     if cfg.ffn == "moe":
@@ -56,7 +64,8 @@ def _family(cfg: TransformerConfig) -> str:
 
 
 ARCH = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-        "mixtral": ("MixtralForCausalLM", "mixtral"), "gpt2": ("GPT2LMHeadModel", "gpt2")}
+        "mixtral": ("MixtralForCausalLM", "mixtral"), "gpt2": ("GPT2LMHeadModel", "gpt2"),
+        "deepseek_v2": ("DeepseekV2ForCausalLM", "deepseek_v2")}
 
 
 def to_hf_config(cfg: TransformerConfig, special: dict[str, int | None] | None = None) -> tuple[str, dict]:
@@ -65,7 +74,9 @@ def to_hf_config(cfg: TransformerConfig, special: dict[str, int | None] | None =
     arch, model_type = ARCH[family]
     special = special or {}
     ids = {f"{k}_token_id": special.get(k) for k in ("bos", "eos", "pad")}
-    if family == "gpt2":
+    if family == "deepseek_v2":
+        d = deepseek.to_config(cfg)
+    elif family == "gpt2":
         d = {"vocab_size": cfg.vocab_size, "n_embd": cfg.dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
              "n_positions": cfg.max_seq, "n_inner": cfg.hidden_dim, "activation_function": "gelu_new",
              "layer_norm_epsilon": cfg.eps, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
@@ -100,6 +111,8 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
     ``max_seq`` (the context the caller will use; default ``max_position_embeddings``) decides
     whether a sliding attention window matters: a window at least that long never cuts."""
     mt = d.get("model_type")
+    if mt == "deepseek_v2":
+        return mt, deepseek.from_config(d, max_seq)
     if mt == "gpt2":
         bad = []
         if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -120,7 +133,8 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
             norm="layernorm", eps=d.get("layer_norm_epsilon", 1e-5), pos_enc="learned", tie_weights=True,
             bias=True, init_std=d.get("initializer_range", 0.02))
     if mt not in ("llama", "mistral", "qwen2", "mixtral"):
-        raise ValueError(f"model_type={mt!r} is not supported; supported: llama, mistral, qwen2, mixtral, gpt2")
+        raise ValueError(f"model_type={mt!r} is not supported; supported: llama, mistral, qwen2, mixtral, "
+                         "deepseek_v2, gpt2")
     bad = []
     if d.get("hidden_act", "silu") != "silu":
         bad.append(f"hidden_act={d['hidden_act']!r}")

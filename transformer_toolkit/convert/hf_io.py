@@ -76,7 +76,7 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
     hf_cfg["torch_dtype"] = hf_cfg["dtype"] = str(model.embed.weight.dtype).removeprefix("torch.")
     st = safetensors_torch()
     with staged_folder(out_dir) as tmp:
-        weights = to_hf(model.state_dict(), family, model.cfg.n_layers, model.cfg.tie_weights)
+        weights = to_hf(model.state_dict(), family, model.cfg.n_layers, model.cfg.tie_weights, model.cfg)
         st.save_file({k: v.cpu() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"),
                      metadata={"format": "pt"})
         write_json(os.path.join(tmp, "config.json"), hf_cfg)
@@ -152,11 +152,12 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, *
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder (a training run "
+                                "folder or .pt checkpoint loads with Transformer.from_checkpoint)")
     family, cfg = from_hf_config(read_json(cfg_path), max_seq=overrides.get("max_seq"))
     if overrides:
         cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
-    sd = from_hf(read_weights(path), family, cfg.n_layers, cfg.tie_weights)
+    sd = from_hf(read_weights(path), family, cfg.n_layers, cfg.tie_weights, cfg)
     if family == "gpt2" and sd["pos.weight"].shape[0] != cfg.max_seq:
         if cfg.max_seq > sd["pos.weight"].shape[0]:
             raise ValueError(f"max_seq={cfg.max_seq} is longer than the checkpoint's {sd['pos.weight'].shape[0]} "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import hf_deepseek as deepseek
+
 _LLAMA_LAYER = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight"}
 for _p in ("q_proj", "k_proj", "v_proj", "o_proj"):
     for _s in ("weight", "bias"):
@@ -20,9 +22,13 @@ for _p in ("gate_proj", "up_proj", "down_proj"):
         _LLAMA_LAYER[f"ffn.{_p}.{_s}"] = f"mlp.{_p}.{_s}"
 
 
-def to_hf(sd: dict[str, Tensor], family: str, n_layers: int, tied: bool) -> dict[str, Tensor]:
-    """Our state dict -> transformers keys (contiguous tensors; no head when tied)."""
-    out = _to_gpt2(sd, n_layers) if family == "gpt2" else _to_llama(sd, n_layers, family)
+def to_hf(sd: dict[str, Tensor], family: str, n_layers: int, tied: bool, cfg=None) -> dict[str, Tensor]:
+    """Our state dict -> transformers keys (contiguous tensors; no head when tied). ``cfg`` (our
+    TransformerConfig) is needed for ``deepseek_v2`` only."""
+    if family == "deepseek_v2":
+        out = deepseek.to_weights(sd, cfg)
+    else:
+        out = _to_gpt2(sd, n_layers) if family == "gpt2" else _to_llama(sd, n_layers, family)
     if not tied:
         out["lm_head.weight"] = sd["head.weight"]
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
@@ -32,13 +38,16 @@ def to_hf(sd: dict[str, Tensor], family: str, n_layers: int, tied: bool) -> dict
 _IGNORED = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
 
-def from_hf(hf: dict[str, Tensor], family: str, n_layers: int, tied: bool) -> dict[str, Tensor]:
+def from_hf(hf: dict[str, Tensor], family: str, n_layers: int, tied: bool, cfg=None) -> dict[str, Tensor]:
     """transformers keys -> our state dict (``head.weight`` from ``lm_head`` or the embedding).
 
     Every tensor of the checkpoint must be used: a weight the mapping does not know (a bias the
     config did not announce, an extra layer) raises instead of being dropped silently."""
     seen = _Seen(hf)
-    sd = _from_gpt2(seen, n_layers) if family == "gpt2" else _from_llama(seen, n_layers, family)
+    if family == "deepseek_v2":
+        sd = deepseek.from_weights(seen, cfg)
+    else:
+        sd = _from_gpt2(seen, n_layers) if family == "gpt2" else _from_llama(seen, n_layers, family)
     head = seen.get("lm_head.weight")
     if not tied and head is None:
         raise ValueError("config.json says tie_word_embeddings=false but the checkpoint has no lm_head.weight; "
