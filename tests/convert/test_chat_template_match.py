@@ -37,6 +37,7 @@ def test_our_own_jinja_matches_its_preset(preset):
 
 @pytest.mark.parametrize("jinja, bos, preset", [
     (SMOLLM2_LIKE, None, "chatml"),
+    (SMOLLM2_LIKE, "<|im_start|>", "chatml"),  # SmolLM2's BOS token is <|im_start|> itself
     (GEMMA_LIKE, "<bos>", "gemma"),
     (LLAMA3_LIKE, "<|begin_of_text|>", "llama3"),
     (ZEPHYR_LIKE, None, None),

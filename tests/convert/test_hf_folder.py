@@ -229,6 +229,10 @@ def test_failed_export_writes_nothing_and_rewrites_replace_stale_files(tmp_path)
 
     out = tmp_path / "out"
     model.save_pretrained(out, tokenizer=tok, template="chatml")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir()} == {0o666 & ~umask}  # not private temp-file modes
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     (out / "notes.txt").write_text("mine")
     model.save_pretrained(out)  # the same folder, now without tokenizer
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",

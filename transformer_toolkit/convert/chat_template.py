@@ -86,11 +86,12 @@ def match_preset(jinja: str, bos_token: str | None = None, eos_token: str | None
             theirs = render(jinja, probe, True, bos_token or "", eos_token or "")
         except Exception:  # noqa: BLE001 - a template may refuse a probe (e.g. no system role); try the next
             continue
-        if bos_token and theirs.startswith(bos_token):
-            theirs = theirs[len(bos_token):]
+        # with and without a leading BOS: a template may write {{ bos_token }}, and a BOS token
+        # may also be an ordinary part of the format (SmolLM2's BOS is <|im_start|>)
+        candidates = {theirs, theirs.removeprefix(bos_token)} if bos_token else {theirs}
         for name, fmt in PRESETS.items():
             ours, _ = ChatTemplate(name).format_messages(probe, add_generation_prompt=True, bos=False)
-            if ours == theirs.removeprefix(fmt.bos_token):  # our own Jinja spells BOS as the preset does
+            if any(ours == c.removeprefix(fmt.bos_token) for c in candidates):  # our Jinja spells BOS as "[BOS]"
                 return name
         return None
     return None

@@ -65,11 +65,22 @@ def staged_folder(out_dir: str | os.PathLike, replace: tuple[str, ...] = MODEL_F
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _normal_modes(folder: str) -> None:
+    """mkdtemp makes a private folder, and some writers (safetensors) private files: give them the
+    modes a plain ``open``/``mkdir`` would have, so a published model is readable as usual."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
 def _publish(tmp: str, out_dir: str, replace: tuple[str, ...]) -> None:
+    _normal_modes(tmp)
     if not os.path.exists(out_dir):
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; give it a normal folder's mode
         os.rename(tmp, out_dir)
         return
     new = set(os.listdir(tmp))
