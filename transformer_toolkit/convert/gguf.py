@@ -1,0 +1,273 @@
+"""GGUF files for llama.cpp: export (``save_gguf``) and import (``load_gguf``, ``gguf_tokenizer``,
+``gguf_chat_template``), through the ``gguf`` package.
+
+Covered: the dense Llama family (rmsnorm, rope, swiglu; mha/gqa/mqa) as llama.cpp's ``llama``
+architecture (``bias=True`` too: llama.cpp reads optional biases), and Qwen2-style q/k/v biases as
+``qwen2``. Tensor names, the RoPE row permutation and quantisation are in gguf_tensors.py; the
+tokenizer metadata in gguf_vocab.py.
+
+>>> model.save_gguf("model.gguf", tokenizer=tok, template="chatml", dtype="q8_0")  # doctest: +SKIP
+>>> model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")                           # doctest: +SKIP
+>>> tok = gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from ..model.config import TransformerConfig
+from ..model.transformer import Transformer
+from ..tokenizer.hf import HFTokenizer
+from .gguf_tensors import FILE_TYPES, WRITABLE, check_types, decode, encode, from_gguf_layout, gguf_name, to_gguf_layout
+from .gguf_vocab import build_tokenizer, read_vocab, vocab_metadata, write_vocab
+from .hf_io import as_template, check_vocab
+
+ARCHES = ("llama", "qwen2")
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError('GGUF support needs the gguf package: pip install "transformer-toolkit[gguf]"') from e
+    return gguf
+
+
+# export ----------------------------------------------------------------------------------------
+def gguf_arch(cfg: TransformerConfig) -> str:
+    """The llama.cpp architecture that computes exactly what ``cfg`` computes, or ValueError
+    naming every field that blocks the export."""
+    want = {"norm": "rmsnorm", "pos_enc": "rope", "ffn": "swiglu"}
+    bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
+    if cfg.attn == "mla":
+        bad.append("attn='mla' (needs mha, gqa, mqa or flash)")
+    if bad:
+        raise ValueError(f"no GGUF (llama.cpp) counterpart for this config: {'; '.join(bad)}. GGUF export covers "
+                         "Llama-style models (rmsnorm, rope, swiglu, mha/gqa/mqa; optional bias or qkv_bias); "
+                         "use save_pretrained for the others")
+    return "qwen2" if cfg.qkv_bias and not cfg.bias else "llama"
+
+
+def _template_text(tokenizer, template) -> str | None:
+    if template is not None:
+        return template.to_jinja()
+    jinja = getattr(tokenizer, "chat_template", None)
+    return jinja if isinstance(jinja, str) else None
+
+
+def _eot_id(tokenizer, template) -> int | None:
+    """The id of the template's assistant closer when it is one token (``<|im_end|>``)."""
+    if tokenizer is None or template is None or not template.stop_strings():
+        return None
+    ids = tokenizer.encode(template.stop_strings()[0])
+    return ids[0] if len(ids) == 1 else None
+
+
+def _write_hparams(w, cfg: TransformerConfig) -> None:
+    w.add_context_length(cfg.max_seq)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.n_layers)
+    w.add_feed_forward_length(cfg.hidden_dim)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)  # our RoPE rotates the whole head
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.eps)
+    w.add_vocab_size(cfg.vocab_size)
+
+
+def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, template=None, dtype: str = "f16") -> str:
+    """Write ``model`` as a GGUF file llama.cpp runs: hyper-parameters, weights (2-D weights in
+    ``dtype`` "f32", "f16" or "q8_0"; norms and biases f32), and with ``tokenizer`` its vocabulary,
+    merges and special ids; ``template`` (a preset name or ChatTemplate) becomes the Jinja chat
+    template. Tied embeddings are stored once (no ``output.weight``).
+
+    Everything is checked before the file is opened (an unsupported config raises ValueError
+    naming its fields), and the file appears with one rename. Returns the path."""
+    if dtype not in WRITABLE:
+        raise ValueError(f"dtype={dtype!r} is not a GGUF export type; choose one of {', '.join(WRITABLE)}")
+    cfg = model.cfg
+    arch = gguf_arch(cfg)
+    check_vocab(model, tokenizer)
+    template = as_template(template)
+    vocab = vocab_metadata(tokenizer, cfg.vocab_size) if tokenizer is not None else None
+    gguf = _gguf()
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        w.add_name("transformer-toolkit model")
+        w.add_file_type(FILE_TYPES[dtype])
+        if dtype == "q8_0":
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _write_hparams(w, cfg)
+        if vocab is not None:
+            write_vocab(w, vocab, _eot_id(tokenizer, template))
+        jinja = _template_text(tokenizer, template)
+        if jinja:
+            w.add_chat_template(jinja)
+        _add_tensors(w, model, arch, dtype)
+        try:
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _add_tensors(w, model: Transformer, arch: str, dtype: str) -> None:
+    cfg = model.cfg
+    for key, t in model.state_dict().items():
+        if key == "head.weight" and cfg.tie_weights:
+            continue
+        if arch == "llama":
+            t = to_gguf_layout(key, t, cfg.n_heads, cfg.n_kv_heads)
+        array, raw = encode(t, dtype)
+        w.add_tensor(gguf_name(key), array, raw_dtype=raw)
+
+
+# import ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _reader_at(path: str, mtime_ns: int, size: int):
+    return _gguf().GGUFReader(path)
+
+
+def _reader(path: str | os.PathLike):
+    """A ``GGUFReader`` (memory-mapped), shared by the model, tokenizer and template readers of
+    one file: parsing a large vocabulary's metadata takes seconds. Keyed on the file's mtime and
+    size, so a rewritten file is read again."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    st = os.stat(path)
+    return _reader_at(path, st.st_mtime_ns, st.st_size)
+
+
+def _field(fields: dict, key: str, default=None):
+    f = fields.get(key)
+    return default if f is None else f.contents()
+
+
+def _f32(x: float) -> float:
+    """A float32 metadata value as the shortest decimal that reads back to it (1e-06, not
+    9.99999997e-07), so an exported config loads back equal."""
+    return float(str(np.float32(x)))
+
+
+_REQUIRED = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count", "context_length",
+             "attention.layer_norm_rms_epsilon")
+
+
+def gguf_config(fields: dict, tensors: dict) -> TransformerConfig:
+    """The ``TransformerConfig`` of a llama / qwen2 GGUF (``tensors``: name -> reader tensor),
+    or ValueError naming what is missing or has no counterpart (MoE, RoPE scaling, partial rotary)."""
+    arch = _field(fields, "general.architecture")
+    if arch not in ARCHES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(ARCHES)}")
+    a = lambda key, default=None: _field(fields, f"{arch}.{key}", default)  # noqa: E731
+    missing = [f"{arch}.{k}" for k in _REQUIRED if a(k) is None]
+    if missing or "token_embd.weight" not in tensors:
+        raise ValueError(f"incomplete GGUF file: missing {', '.join(missing or ['token_embd.weight'])}")
+    dim, n_heads = a("embedding_length"), a("attention.head_count")
+    head_dim = a("attention.key_length") or dim // n_heads
+    kv = a("attention.head_count_kv") or n_heads
+    bad = []
+    if isinstance(kv, list):  # per-layer counts: only a constant one maps
+        if len(set(kv)) > 1:
+            bad.append(f"{arch}.attention.head_count_kv={kv} (varies by layer)")
+        kv = kv[0]
+    if (a("expert_count") or 0) > 0:
+        bad.append(f"{arch}.expert_count={a('expert_count')} (mixture of experts)")
+    if a("rope.scaling.type") not in (None, "none"):
+        bad.append(f"{arch}.rope.scaling.type={a('rope.scaling.type')!r}")
+    if "rope_freqs.weight" in tensors:
+        bad.append("rope_freqs.weight (Llama 3.1 RoPE frequency scaling)")
+    if a("rope.dimension_count", head_dim) != head_dim:
+        bad.append(f"{arch}.rope.dimension_count={a('rope.dimension_count')} (partial rotary; head size {head_dim})")
+    if a("attention.value_length", head_dim) != head_dim:
+        bad.append(f"{arch}.attention.value_length={a('attention.value_length')} != key length {head_dim}")
+    if bad:
+        raise ValueError(f"GGUF model not representable exactly: {'; '.join(bad)}")
+    bias = "blk.0.attn_output.bias" in tensors  # llama with every linear biased
+    return TransformerConfig(
+        vocab_size=a("vocab_size") or int(tensors["token_embd.weight"].shape[1]),  # ggml shape: (dim, vocab)
+        dim=dim, n_layers=a("block_count"), n_heads=n_heads, head_dim=head_dim, max_seq=a("context_length"),
+        attn="mha" if kv == n_heads else "mqa" if kv == 1 else "gqa", n_kv_heads=kv,
+        ffn="swiglu", hidden_dim=a("feed_forward_length"), norm="rmsnorm",
+        eps=_f32(a("attention.layer_norm_rms_epsilon")), pos_enc="rope", rope_theta=_f32(a("rope.freq_base", 1e4)),
+        tie_weights="output.weight" not in tensors, bias=bias, qkv_bias=not bias and "blk.0.attn_q.bias" in tensors)
+
+
+def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> Transformer:
+    """A llama / qwen2 GGUF file as our ``Transformer`` in eval mode: weights dequantised to
+    float32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), the RoPE permutation undone;
+    ``dtype`` casts after. ``overrides`` replace config fields (e.g. ``max_seq=2048``)."""
+    reader = _reader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    cfg = gguf_config(reader.fields, tensors)
+    if overrides:
+        cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
+    arch = _field(reader.fields, "general.architecture")
+    model = Transformer(cfg)
+    expected = model.state_dict()
+    wanted = {gguf_name(k): k for k in expected if not (k == "head.weight" and cfg.tie_weights)}
+    extra, missing = sorted(set(tensors) - set(wanted)), sorted(set(wanted) - set(tensors))
+    if extra or missing:
+        raise ValueError(f"{path}: tensors do not match its {arch} metadata (unexpected: "
+                         f"{', '.join(extra[:5]) or '-'}; missing: {', '.join(missing[:5]) or '-'})")
+    check_types(tensors.values())
+    sd = {}
+    for name, key in wanted.items():
+        t = decode(tensors[name])
+        if t.shape != expected[key].shape:
+            raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the metadata implies "
+                             f"{tuple(expected[key].shape)}")
+        sd[key] = from_gguf_layout(key, t, cfg.n_heads, cfg.n_kv_heads) if arch == "llama" else t
+    if cfg.tie_weights:
+        sd["head.weight"] = sd["embed.weight"]
+    model.load_state_dict(sd, strict=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def gguf_chat_template(path: str | os.PathLike) -> str | None:
+    """The Jinja chat template stored in a GGUF file (``tokenizer.chat_template``), or None."""
+    return _field(_reader(path).fields, "tokenizer.chat_template")
+
+
+class GGUFTokenizer(HFTokenizer):
+    """The tokenizer a GGUF file describes, behind our tokenizer protocol (an ``HFTokenizer``
+    over a transformers fast tokenizer built from the metadata; ``chat_template`` is the file's)."""
+
+    @staticmethod
+    def _load(name: str, **kwargs):
+        fields = _reader(name).fields
+        vocab, add_bos = read_vocab(fields)
+        return build_tokenizer(vocab, add_bos, _field(fields, "tokenizer.chat_template"))
+
+    def __repr__(self) -> str:
+        return f"GGUFTokenizer({self.name_or_path!r}, vocab_size={self.vocab_size})"
+
+
+def gguf_tokenizer(path: str | os.PathLike) -> GGUFTokenizer:
+    """The tokenizer stored in a GGUF file (byte-level BPE, as llama.cpp tokenises it)."""
+    return GGUFTokenizer(path)
