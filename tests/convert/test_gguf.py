@@ -201,16 +201,38 @@ def test_llama_cpp_runs_our_export_with_our_logits(name, tok, tmp_path):
     assert rel_err(theirs, ours) < 1e-3
 
 
-def test_llama_cpp_tokenizes_like_ours(tok, tmp_path):
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_llama_cpp_tokenizes_like_ours(pre, tok, tmp_path):
+    """Each pre-tokenizer we map (our own GPT-2 split, and the SmolLM, Llama 3 and Qwen2 splits of
+    imported tokenizers) splits text as llama.cpp's implementation of that name does."""
+    if pre != "gpt-2":  # the same vocabulary and merges behind another split
+        tok = _with_pre_tokenizer(tok, pre, tmp_path)
     path = save_gguf(tiny_model(tok.vocab_size), tmp_path / "m.gguf", tokenizer=tok)
+    assert _value(_reader(path), "tokenizer.ggml.pre") == pre
+    ours = gguf_tokenizer(path)
     llm = _llama_cpp(path, vocab_only=True)
     try:
         for text in SAMPLES:
             ids = tok.encode(text)
-            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids == ours.encode(text), text
             assert llm.detokenize(ids, special=True).decode() == text
     finally:
         llm.close()
+
+
+def _with_pre_tokenizer(tok, pre, folder):
+    import json
+
+    from transformer_toolkit.convert.gguf_vocab import IGNORE_MERGES, PRE_TOKENIZERS
+    from transformer_toolkit.tokenizer.bpe import RustBPETokenizer
+
+    d = json.loads(tok.tokenizer.to_str())
+    d["model"]["ignore_merges"] = pre in IGNORE_MERGES
+    backend = type(tok.tokenizer).from_str(json.dumps(d))
+    backend.pre_tokenizer = PRE_TOKENIZERS[pre]()
+    path = folder / f"{pre}.json"
+    path.write_text(backend.to_str())
+    return RustBPETokenizer().load(path)
 
 
 @pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])

@@ -50,6 +50,8 @@ PRE_TOKENIZERS = {
     "llama-bpe": lambda: _split_then_bytes(_LLAMA3_SPLIT),
     "qwen2": lambda: _split_then_bytes(_QWEN2_SPLIT),
 }
+# llama.cpp takes a word that is itself a token whole, without merging, for these (HF: ignore_merges)
+IGNORE_MERGES = {"llama-bpe"}
 
 
 @dataclass
@@ -111,6 +113,10 @@ def vocab_metadata(tokenizer, n_vocab: int) -> Vocab:
         what = f"model type {model.get('type')!r}" if model.get("type") != "BPE" else "a normalizer"
         raise ValueError(f"the tokenizer has {what}; GGUF export writes byte-level BPE without normalisation only")
     pre = pre_name(d.get("pre_tokenizer"))
+    if bool(model.get("ignore_merges")) != (pre in IGNORE_MERGES):
+        raise ValueError(f"the tokenizer has ignore_merges={bool(model.get('ignore_merges'))} but llama.cpp "
+                         f"{'ignores' if pre in IGNORE_MERGES else 'applies'} merges for whole-vocabulary words with "
+                         f"pre-tokenizer {pre!r}, so it would tokenise differently")
     vocab = dict(model["vocab"])
     added = {t["id"]: t for t in d.get("added_tokens", [])}
     vocab.update({t["content"]: i for i, t in added.items()})
@@ -180,7 +186,8 @@ def build_tokenizer(vocab: Vocab, add_bos: bool, chat_template: str | None = Non
 
     ids = {t: i for i, t in enumerate(vocab.tokens)}
     merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
-    tk = Tokenizer(models.BPE(vocab=ids, merges=merges, fuse_unk=False, byte_fallback=False))
+    tk = Tokenizer(models.BPE(vocab=ids, merges=merges, fuse_unk=False, byte_fallback=False,
+                              ignore_merges=vocab.pre in IGNORE_MERGES))
     tk.pre_tokenizer = PRE_TOKENIZERS[vocab.pre]()
     tk.decoder = decoders.ByteLevel()
     kinds = list(zip(vocab.tokens, vocab.types, strict=True))
