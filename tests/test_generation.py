@@ -445,3 +445,21 @@ def test_generation_is_eval_mode_with_dropout():
     model.eval()
     assert torch.equal(a, greedy_reference(model, x, 10))
 
+
+
+def test_cache_is_sized_to_what_the_call_can_reach():
+    """A short reply from a model with a long max_seq allocates prompt + max_new slots, not
+    max_seq; a call that outgrows max_seq gets max_seq (and slides)."""
+    model = Transformer(tiny_config(max_seq=32))
+    sizes = []
+    real = model.make_cache
+
+    def spy(batch, max_len=None, **kw):
+        sizes.append(max_len)
+        return real(batch, max_len=max_len, **kw)
+
+    model.make_cache = spy
+    model.generate(torch.zeros(1, 5, dtype=torch.long), max_new=4, temperature=0)
+    model.generate(torch.zeros(1, 5, dtype=torch.long), max_new=60, temperature=0)
+    model.generate(torch.zeros(1, 40, dtype=torch.long), max_new=3, temperature=0)  # prompt cropped to 32
+    assert sizes == [9, 32, 32]

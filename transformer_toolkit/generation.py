@@ -135,9 +135,11 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
     B, max_seq = out.shape[0], model.cfg.max_seq
     keep = max(1, max_seq // 2)
     done = torch.zeros(B, dtype=torch.bool, device=out.device)
-    cache = model.make_cache(B, device=out.device)
-    graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
     win = max(0, T0 - max_seq)  # window start in `out`
+    # the cache holds what this call can reach, not always max_seq (which a pretrained model's
+    # config may set to 8192 or more): allocating and zeroing that would dominate short replies
+    cache = model.make_cache(B, max_len=min(max_seq, T0 - win + max_new), device=out.device)
+    graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
     logits, _ = model(out[:, win:T0], cache=cache, start_pos=0)  # prefill
     n_ctx, cur = T0 - win, T0
     for step in range(max_new):
