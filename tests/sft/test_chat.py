@@ -63,12 +63,34 @@ def test_byte_level_closer_spelled_in_pieces():
     assert chat.ask("x", temperature=0, max_new=40) == "hi there"
 
 
-def test_long_history_is_cut_from_the_left():
+def test_a_question_too_long_for_the_context_is_cut_from_the_left():
     tok = small_bpe()
     model = Scripted([tok.eos_id], vocab_size=tok.vocab_size, max_seq=32)
     chat = ChatSession(model, tok, template="chatml")
-    chat.history = [{"role": "user", "content": "what is python " * 10},
-                    {"role": "assistant", "content": "a programming language"}]
-    ids = chat.prompt_ids(chat.messages("reverse"), room=8)
+    ids = chat.prompt_ids(chat.messages("what is python " * 10 + "reverse"), room=8)
     assert len(ids) == 24
     assert tok.decode(ids).endswith("reverse<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_long_history_drops_whole_exchanges_and_keeps_the_system_prompt():
+    tok = small_bpe()
+    model = Scripted([tok.eos_id], vocab_size=tok.vocab_size, max_seq=96)
+    chat = ChatSession(model, tok, template="chatml", system="Be brief.")
+    for i in range(6):
+        chat.history += [{"role": "user", "content": f"add {i} {i}"}, {"role": "assistant", "content": str(2 * i)}]
+    room = 16
+    ids = chat.prompt_ids(chat.messages("reverse"), room=room)
+    text = tok.decode(ids)
+    assert len(ids) <= 96 - room
+    # the prompt is a whole conversation: the system turn, the newest exchanges that fit, the question
+    n_kept = text.count("<|im_start|>user\n") - 1
+    assert 0 < n_kept < 6
+    expected, _ = ChatTemplate("chatml").format_messages(
+        [{"role": "system", "content": "Be brief."}, *chat.history[-2 * n_kept:],
+         {"role": "user", "content": "reverse"}], add_generation_prompt=True)
+    assert ids == tok.encode(expected)
+    # one more exchange would not have fitted
+    longer, _ = ChatTemplate("chatml").format_messages(
+        [{"role": "system", "content": "Be brief."}, *chat.history[-2 * (n_kept + 1):],
+         {"role": "user", "content": "reverse"}], add_generation_prompt=True)
+    assert len(tok.encode(longer)) > 96 - room

@@ -63,11 +63,12 @@ def read_texts(paths: list[str]):
             yield f.read()
 
 
-def synthetic_split(n: int, n_eval: int, tasks, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) conversations; no held-out prompt appears in training."""
-    from ..sft.synthetic import synthetic_tasks
+def synthetic_split(n: int, n_eval: int, tasks, seed: int = 0,
+                    multi_turn: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) conversations; no held-out prompt appears anywhere in training. The
+    held-out ones are single questions (scored by exact match)."""
+    from ..sft.synthetic import synthetic_tasks, user_prompts
 
     tasks = tuple(tasks)
-    train = synthetic_tasks(n, seed=seed, tasks=tasks)
-    seen = {s["messages"][0]["content"] for s in train}
-    return train, synthetic_tasks(n_eval, seed=seed + 1, tasks=tasks, exclude=seen)
+    train = synthetic_tasks(n, seed=seed, tasks=tasks, multi_turn=multi_turn)
+    return train, synthetic_tasks(n_eval, seed=seed + 1, tasks=tasks, exclude=user_prompts(train))

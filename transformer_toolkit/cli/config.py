@@ -31,7 +31,7 @@ TOP_LEVEL = ("name", "init") + SECTIONS
 # the tokenizer is made.
 PRETRAIN_EXTRAS = {"corpus": "builtin:python-stdlib", "tokenizer": None, "vocab_size": 4096, "max_mb": 12.0}
 SFT_EXTRAS = {"corpus": "builtin:synthetic", "tokenizer": None, "vocab_size": 330, "n_samples": 4000,
-              "n_eval": 50, "tasks": ["reverse", "add"]}
+              "n_eval": 50, "tasks": ["reverse", "add"], "multi_turn": 0.0}
 
 
 def _yaml_value(text: str) -> Any:

@@ -67,7 +67,8 @@ def cmd_sft(args, overrides: dict) -> int:
     ex, data_cfg = run["extras"], run["data"]
     corpus = ex["corpus"]
     if corpus == "builtin:synthetic":
-        train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"])
+        train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"],
+                                          multi_turn=float(ex["multi_turn"]))
     elif isinstance(corpus, str) and os.path.isfile(corpus):
         train, held_out = None, []
     else:
@@ -100,7 +101,8 @@ def cmd_sft(args, overrides: dict) -> int:
     C.write_yaml(C.resolved_dict(run, model.cfg, train_cfg), out / "config.yaml")
     t0 = time.time()
     summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
-    print(f"sft: step {summary['step']}, best val loss {summary.get('best_val_loss')}, "
+    best = summary.get("best_val_loss")
+    print(f"sft: step {summary['step']}, best val loss {best if best is None else round(best, 4)}, "
           f"{time.time() - t0:.0f}s -> {out}")
     if held_out:
         session = ChatSession(model, tok, template=data_cfg.template, max_new=24, temperature=0)
@@ -109,7 +111,14 @@ def cmd_sft(args, overrides: dict) -> int:
             session.reset()
             return session.ask(prompt)
 
-        print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts")
+        def follow_up(prompt: str) -> str:  # the question comes second, after another exchange
+            session.reset()
+            session.ask(held_out[(index[prompt] + 1) % len(held_out)]["messages"][-2]["content"])
+            return session.ask(prompt)
+
+        index = {s["messages"][-2]["content"]: i for i, s in enumerate(held_out)}
+        print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts; "
+              f"{exact_match(follow_up, held_out):.0%} as the second question of a chat")
     return 0
 
 

@@ -41,17 +41,32 @@ class ChatSession:
         return system + self.history + [{"role": "user", "content": prompt}]
 
     def prompt_ids(self, messages: list[dict], room: int) -> list[int]:
-        """Token ids of the conversation plus the assistant header, the oldest tokens dropped
-        so that ``room`` new tokens still fit in the model's context (the prompt keeps at least
-        half of it; a longer reply then slides the window)."""
+        """Token ids of the conversation plus the assistant header, short enough that ``room`` new
+        tokens still fit in the model's context (the prompt may use at least half of it; a longer
+        reply then slides the window).
+
+        When the conversation is too long, whole exchanges are dropped, oldest first, keeping the
+        system message, so the model sees conversations that start the way training ones did.
+        Only when the system message and the last question alone are too long are the oldest
+        tokens cut."""
+        max_seq = self.model.cfg.max_seq
+        keep = max(max_seq // 2, max_seq - room)
+        system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        turns = messages[len(system):]
+        while True:
+            ids = self._encode(system + turns)
+            later_user = [i for i, m in enumerate(turns) if i > 0 and m["role"] == "user"]
+            if len(ids) <= keep or not later_user:
+                return ids[-keep:]
+            turns = turns[later_user[0]:]  # drop the oldest exchange: a question and its replies
+
+    def _encode(self, messages: list[dict]) -> list[int]:
         text, _ = self.template.format_messages(messages, add_generation_prompt=True, bos=False)
         ids = self.tokenizer.encode(text)
         bos = getattr(self.tokenizer, "bos_id", None)
         if self.template.bos_token and bos is not None:
             ids = [bos] + ids
-        max_seq = self.model.cfg.max_seq
-        keep = max(max_seq // 2, max_seq - room)
-        return ids[-keep:]
+        return ids
 
     def stop_ids(self) -> list[int]:
         """EOS plus the assistant closer's token when it is a single special token."""

@@ -29,9 +29,13 @@ def make_task(rng: random.Random, task: str, max_words: int = 3, max_number: int
 
 
 def synthetic_tasks(n: int, seed: int = 0, tasks: tuple[str, ...] = TASKS, exclude: set[str] | None = None,
-                    **kw) -> list[dict]:
+                    multi_turn: float = 0.0, **kw) -> list[dict]:
     """``n`` conversations in the ``messages`` schema, tasks interleaved; prompts in ``exclude``
-    are skipped (pass the training prompts to get a held-out set)."""
+    are skipped (pass the training prompts to get a held-out set). A share ``multi_turn`` of
+    the conversations carries a second exchange (another task), so that a model trained on
+    them answers the latest question of a chat that has history."""
+    if not 0.0 <= multi_turn <= 1.0:
+        raise ValueError(f"multi_turn is the share of two-exchange conversations, in [0, 1]; got {multi_turn}")
     rng = random.Random(seed)
     out, tries = [], 0
     while len(out) < n:
@@ -41,8 +45,19 @@ def synthetic_tasks(n: int, seed: int = 0, tasks: tuple[str, ...] = TASKS, exclu
         prompt, answer = make_task(rng, tasks[len(out) % len(tasks)], **kw)
         if exclude and prompt in exclude:
             continue
-        out.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        if multi_turn and rng.random() < multi_turn:
+            prompt, answer = make_task(rng, rng.choice(tasks), **kw)
+            if exclude and prompt in exclude:
+                continue
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        out.append({"messages": messages})
     return out
+
+
+def user_prompts(samples: list[dict]) -> set[str]:
+    """Every user message of ``samples`` (what a held-out set must avoid)."""
+    return {m["content"] for s in samples for m in s["messages"] if m["role"] == "user"}
 
 
 def exact_match(answer_fn, samples: list[dict]) -> float:
