@@ -107,18 +107,9 @@ def is_connection_error(e: BaseException) -> bool:
 
 def _store_token(token: str, path: str | os.PathLike) -> None:
     """Owner-only file, written through a temp file and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".token-")  # mkstemp files are 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(token)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from .tokenizer.base import atomic_write_text
+
+    atomic_write_text(path, token, private=True)
 
 
 # push ----------------------------------------------------------------------------------------------

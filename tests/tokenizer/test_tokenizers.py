@@ -274,3 +274,20 @@ def test_seed_import_paths():
     assert c_tokenizers.RustBPETokenizer is RustBPETokenizer
     assert c_tokenizers.ByteLevelTokenizer is ByteLevelTokenizer
     assert c_tokenizers.HFTokenizer is HFTokenizer
+
+
+def test_saved_tokenizer_files_get_the_usual_mode_and_secrets_stay_private(tmp_path):
+    import os
+    import stat
+
+    from transformer_toolkit.tokenizer import ByteLevelTokenizer
+    from transformer_toolkit.tokenizer.base import atomic_write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    ByteLevelTokenizer().save(tmp_path / "tok.json")
+    assert stat.S_IMODE((tmp_path / "tok.json").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    atomic_write_text(tmp_path / "secret" / "token", "hf_x", private=True)
+    assert stat.S_IMODE((tmp_path / "secret" / "token").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o700 & ~umask
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == []

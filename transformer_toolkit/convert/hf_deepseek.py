@@ -127,26 +127,32 @@ def _rope_rows(name: str, w: Tensor, cfg: TransformerConfig, perm: Tensor) -> Te
     return w
 
 
+def _one_to_one(cfg: TransformerConfig, i: int) -> list[tuple[str, str]]:
+    """(our key, DeepSeek-V2 key) of layer ``i``'s tensors that map one to one (all but attention
+    and the routed experts)."""
+    o, t = f"blocks.{i}.", f"model.layers.{i}."
+    pairs = [(o + "attn_norm.weight", t + "input_layernorm.weight"),
+             (o + "ffn_norm.weight", t + "post_attention_layernorm.weight")]
+    if cfg.ffn == "swiglu":
+        return pairs + [(f"{o}ffn.{p}.weight", f"{t}mlp.{p}.weight") for p in _DENSE]
+    return pairs + [(o + "ffn.routed.router.weight", t + "mlp.gate.weight")] + \
+        [(f"{o}ffn.shared.{p}.weight", f"{t}mlp.shared_experts.{p}.weight") for p in _DENSE]
+
+
 def to_weights(sd: dict[str, Tensor], cfg: TransformerConfig) -> dict[str, Tensor]:
     """Our state dict -> DeepSeek-V2 checkpoint keys (experts one by one, as published checkpoints store them)."""
     perm = _interleave(cfg.rope_head_dim)
     out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
     for i in range(cfg.n_layers):
         o, t = f"blocks.{i}.", f"model.layers.{i}."
-        out[t + "input_layernorm.weight"] = sd[o + "attn_norm.weight"]
-        out[t + "post_attention_layernorm.weight"] = sd[o + "ffn_norm.weight"]
+        out.update({theirs: sd[ours] for ours, theirs in _one_to_one(cfg, i)})
         for ours, theirs in _ATTN.items():
             if f"{o}attn.{ours}.weight" in sd:
                 out[f"{t}self_attn.{theirs}.weight"] = _rope_rows(ours, sd[f"{o}attn.{ours}.weight"], cfg, perm)
-        if cfg.ffn == "swiglu":
+        if cfg.ffn != "swiglu":
             for p in _DENSE:
-                out[f"{t}mlp.{p}.weight"] = sd[f"{o}ffn.{p}.weight"]
-            continue
-        out[t + "mlp.gate.weight"] = sd[o + "ffn.routed.router.weight"]
-        for p in _DENSE:
-            out[f"{t}mlp.shared_experts.{p}.weight"] = sd[f"{o}ffn.shared.{p}.weight"]
-            for e, w in enumerate(sd[f"{o}ffn.routed.experts.{p}"]):
-                out[f"{t}mlp.experts.{e}.{p}.weight"] = w
+                for e, w in enumerate(sd[f"{o}ffn.routed.experts.{p}"]):
+                    out[f"{t}mlp.experts.{e}.{p}.weight"] = w
     return out
 
 
@@ -156,18 +162,12 @@ def from_weights(hf, cfg: TransformerConfig) -> dict[str, Tensor]:
     sd = {"embed.weight": hf["model.embed_tokens.weight"], "norm.weight": hf["model.norm.weight"]}
     for i in range(cfg.n_layers):
         o, t = f"blocks.{i}.", f"model.layers.{i}."
-        sd[o + "attn_norm.weight"] = hf[t + "input_layernorm.weight"]
-        sd[o + "ffn_norm.weight"] = hf[t + "post_attention_layernorm.weight"]
+        sd.update({ours: hf[theirs] for ours, theirs in _one_to_one(cfg, i)})
         for ours, theirs in _ATTN.items():
             if f"{t}self_attn.{theirs}.weight" in hf:
                 sd[f"{o}attn.{ours}.weight"] = _rope_rows(ours, hf[f"{t}self_attn.{theirs}.weight"], cfg, inv)
         if cfg.ffn == "swiglu":
-            for p in _DENSE:
-                sd[f"{o}ffn.{p}.weight"] = hf[f"{t}mlp.{p}.weight"]
             continue
-        sd[o + "ffn.routed.router.weight"] = hf[t + "mlp.gate.weight"]
-        for p in _DENSE:
-            sd[f"{o}ffn.shared.{p}.weight"] = hf[f"{t}mlp.shared_experts.{p}.weight"]
         if t + "mlp.experts.gate_up_proj" in hf:  # fused (E, 2H, D), as transformers 5 holds it in memory
             gu, H = hf[t + "mlp.experts.gate_up_proj"], cfg.moe_hidden_dim
             sd[o + "ffn.routed.experts.gate_proj"], sd[o + "ffn.routed.experts.up_proj"] = gu[:, :H], gu[:, H:]
