@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from .atomic import atomic_write_text
+
 
 def suggest(name: str, valid) -> str:
     """' (did you mean 'x'?)' for the closest valid name, or '' when nothing is close."""
@@ -33,6 +35,15 @@ class StrictConfig(BaseModel):
     """A pydantic model that forbids unknown fields and serialises to plain dicts and JSON."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def __init__(self, *args: Any, **fields: Any):
+        if args:
+            name = type(self).__name__
+            example = ", ".join(f"{k}=..." for k in list(type(self).model_fields)[:2])
+            hint = " (an example's `...` stands for your own fields)" if any(a is Ellipsis for a in args) else ""
+            raise TypeError(f"{name} takes keyword arguments only, e.g. {name}({example}); "
+                            f"got {len(args)} positional argument(s){hint}")
+        super().__init__(**fields)
 
     @model_validator(mode="before")
     @classmethod
@@ -55,8 +66,7 @@ class StrictConfig(BaseModel):
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import warnings
 
+from .atomic import atomic_write_text
 from .convert.auto import export_blocker, write_model_folder
 from .convert.files import MODEL_FILES, staged_folder, write_json
 
@@ -107,8 +108,6 @@ def is_connection_error(e: BaseException) -> bool:
 
 def _store_token(token: str, path: str | os.PathLike) -> None:
     """Owner-only file, written through a temp file and a rename."""
-    from .tokenizer.base import atomic_write_text
-
     atomic_write_text(path, token, private=True)
 
 

@@ -334,3 +334,15 @@ def test_valid_configs_round_trip_and_build(cfg, T):
     # a model built from the JSON round-tripped config has the same parameter shapes
     clone = Transformer(TransformerConfig.from_json(cfg.to_json()))
     assert {k: v.shape for k, v in clone.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_positional_arguments_get_a_clear_error():
+    with pytest.raises(TypeError, match=r"keyword arguments only, e\.g\. TransformerConfig\(vocab_size=.*`\.\.\.`"):
+        TransformerConfig(...)  # the seed README's "same config as training" placeholder, run as is
+
+
+def test_to_json_file_round_trip_is_atomic(tmp_path):
+    cfg = TransformerConfig(vocab_size=100, dim=32, n_layers=1, n_heads=4)
+    cfg.to_json(tmp_path / "cfg.json")
+    assert TransformerConfig.from_json(tmp_path / "cfg.json") == cfg
+    assert [p.name for p in tmp_path.iterdir()] == ["cfg.json"]  # no temp file left behind

@@ -280,8 +280,8 @@ def test_saved_tokenizer_files_get_the_usual_mode_and_secrets_stay_private(tmp_p
     import os
     import stat
 
+    from transformer_toolkit.atomic import atomic_write_text
     from transformer_toolkit.tokenizer import ByteLevelTokenizer
-    from transformer_toolkit.tokenizer.base import atomic_write_text
 
     umask = os.umask(0)
     os.umask(umask)

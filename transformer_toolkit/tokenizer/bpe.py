@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list, atomic_write_text
+from ..atomic import atomic_write_text
+from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list
 from .chunking import split_text
 
 # Special tokens each chat format needs as single ids (validate_template checks them).

@@ -6,7 +6,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
-from .base import as_id_list, atomic_write_text
+from ..atomic import atomic_write_text
+from .base import as_id_list
 
 _KIND = "transformer_toolkit.ByteLevelTokenizer"
 
