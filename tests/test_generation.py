@@ -463,3 +463,49 @@ def test_cache_is_sized_to_what_the_call_can_reach():
     model.generate(torch.zeros(1, 5, dtype=torch.long), max_new=60, temperature=0)
     model.generate(torch.zeros(1, 40, dtype=torch.long), max_new=3, temperature=0)  # prompt cropped to 32
     assert sizes == [9, 32, 32]
+
+
+def _word_tokenizer():
+    import random
+
+    from transformer_toolkit import RustBPETokenizer
+
+    rng = random.Random(0)
+    words = "def class import return value name data list self".split()
+    lines = [" ".join(rng.choice(words) for _ in range(8)) + "\n" for _ in range(300)]
+    return RustBPETokenizer().train(lines, vocab_size=300)
+
+
+def test_heal_trailing_space_drops_the_space_and_allows_only_tokens_that_start_with_it():
+    from transformer_toolkit.generation import heal_trailing_space
+
+    tok = _word_tokenizer()
+    ids, allowed = heal_trailing_space(tok, "def ")
+    assert ids == tok.encode("def")
+    assert allowed and all(tok.decode([i], skip_special_tokens=True).startswith(" ") for i in allowed)
+    assert tok.encode(" name")[0] in allowed  # the word-with-its-space token the model learned after "def"
+    assert not any(i in allowed for i in (tok.bos_id, tok.eos_id, tok.pad_id))  # special tokens never
+    rest = [i for i in range(tok.vocab_size) if i not in allowed]
+    assert not any(tok.decode([i], skip_special_tokens=True).startswith(" ") for i in rest)
+    assert heal_trailing_space(tok, "def name") == (tok.encode("def name"), None)  # nothing to heal
+    assert heal_trailing_space(tok, "   ") == (tok.encode("   "), None)  # nothing would be left
+
+
+def test_complete_keeps_the_prompt_text_and_starts_with_an_allowed_token():
+    from transformer_toolkit.generation import complete, heal_trailing_space
+
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(vocab_size=tok.vocab_size, max_seq=32)).eval()
+    text = complete(model, tok, "def ", max_new=6, temperature=0)
+    assert text.startswith("def ")
+    ids, allowed = heal_trailing_space(tok, "def ")
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]))
+    first = max(allowed, key=lambda i: logits[0, -1, i].item())  # greedy among the allowed ids
+    rest = model.generate(torch.tensor(ids + [first]), max_new=5, temperature=0)
+    assert text == tok.decode(rest.tolist(), skip_special_tokens=True)
+    # without a trailing space it is plain generation
+    plain = model.generate(torch.tensor(tok.encode("def name")), max_new=6, temperature=0)
+    assert complete(model, tok, "def name", max_new=6, temperature=0) == tok.decode(plain.tolist(),
+                                                                                   skip_special_tokens=True)

@@ -204,3 +204,49 @@ def stream(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: i
             yield new[0].clone() if squeeze else new.clone()
     finally:
         model.train(was_training)
+
+
+def heal_trailing_space(tokenizer, prompt: str) -> tuple[list[int], list[int] | None]:
+    """The ids to condition on for a text prompt, and the ids allowed as the first new token.
+
+    Byte-level BPE attaches a space to the word after it (``" name"`` is one token), so a prompt
+    that ends in spaces, such as ``"def "``, ends in a lone space token that the model has rarely
+    seen before a word, and the completion tends to start with a second space. This drops the
+    trailing spaces and tabs from the prompt and allows as first token only the ids whose text
+    starts with them (special tokens excluded), which is where the model saw such text in
+    training. Returns ``(ids, None)`` when the prompt has no trailing spaces or nothing would be
+    left of it."""
+    stripped = prompt.rstrip(" \t")
+    suffix = prompt[len(stripped):]
+    ids = tokenizer.encode(stripped) if stripped else []
+    if not suffix or not ids:
+        return tokenizer.encode(prompt), None
+    allowed = [i for i in range(tokenizer.vocab_size)  # special tokens decode to "" here
+               if tokenizer.decode([i], skip_special_tokens=True).startswith(suffix)]
+    return (ids, allowed) if allowed else (tokenizer.encode(prompt), None)
+
+
+def complete(model, tokenizer, prompt: str, max_new: int = 100, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, stop_ids: Iterable[int] | None = None,
+             generator: torch.Generator | None = None) -> str:
+    """The prompt's text followed by a sampled completion (``heal_trailing_space`` applied)."""
+    ids, allowed = heal_trailing_space(tokenizer, prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give some text")
+    x = torch.tensor(ids, dtype=torch.long, device=next(model.parameters()).device)
+    if allowed is not None and max_new > 0:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                logits, _ = model(x[-model.cfg.max_seq:].unsqueeze(0))
+        finally:
+            model.train(was_training)
+        keep = torch.full_like(logits[0, -1], float("-inf"))
+        keep[allowed] = 0.0
+        first = sample_next((logits[:, -1] + keep).float(), temperature, top_k, top_p, generator)
+        x, max_new = torch.cat([x, first]), max_new - 1
+        if stop_ids is not None and int(first) in set(stop_ids):
+            max_new = 0
+    out = generate(model, x, max_new, temperature, top_k, top_p, stop_ids, generator=generator) if max_new else x
+    return tokenizer.decode(out.tolist(), skip_special_tokens=True)

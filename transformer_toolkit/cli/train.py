@@ -144,8 +144,8 @@ def show_samples(model, tok, prompts: list[str], max_new: int = 60) -> None:
     """Print a sampled completion of each prompt (seeded, so a run prints the same text twice)."""
     import torch
 
+    from ..generation import complete
+
     g = torch.Generator().manual_seed(0)
     for p in prompts:
-        ids = torch.tensor(tok.encode(p), dtype=torch.long)
-        out = model.generate(ids, max_new=max_new, temperature=0.8, top_k=50, generator=g)
-        print(f"--- {p!r}\n{tok.decode(out.tolist(), skip_special_tokens=True)}")
+        print(f"--- {p!r}\n{complete(model, tok, p, max_new=max_new, temperature=0.8, top_k=50, generator=g)}")

@@ -127,14 +127,13 @@ def cmd_generate(args) -> int:
     import torch
 
     model, tok, _, _ = load_source(args, warn=False)
+    from ..generation import complete
+
     g = torch.Generator().manual_seed(args.seed)
-    ids = torch.tensor(tok.encode(args.prompt), dtype=torch.long)
-    if len(ids) == 0:
+    if not tok.encode(args.prompt):
         raise ValueError("--prompt encodes to no tokens; give some text")
-    for t in model.stream(ids, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
-                          stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g):
-        ids = torch.cat([ids, t.view(1)])
-    print(tok.decode(ids.tolist()))
+    print(complete(model, tok, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
+                   stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g))
     return 0
 
 
