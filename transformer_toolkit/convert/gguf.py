@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 
 import numpy as np
 import torch
 
+from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
 from ..model.transformer import Transformer
 from ..tokenizer.hf import HFTokenizer
@@ -100,10 +100,7 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
     vocab = vocab_metadata(tokenizer, cfg.vocab_size) if tokenizer is not None else None
     gguf = _gguf()
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path_for(path)  # the writer creates it with a normal file's mode
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name("transformer-toolkit model")
@@ -123,9 +120,6 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
             w.write_tensors_to_file()
         finally:
             w.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

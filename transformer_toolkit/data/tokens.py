@@ -23,10 +23,11 @@ from __future__ import annotations
 import array
 import os
 import struct
-import uuid
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from ..atomic import temp_path_for
 
 MAGIC = b"TTKTOKS\x00"
 VERSION = 1
@@ -97,16 +98,6 @@ class TokenSpec:
         """The view of tokens ``[a, b)`` of this view."""
         a, b = max(0, a), min(self.length, b)
         return replace(self, start=self.start + a, length=max(0, b - a))
-
-
-def temp_path_for(path: str) -> str:
-    """A fresh hidden name next to ``path`` (same filesystem, so ``os.replace`` is atomic).
-
-    Not ``mkstemp``: its files are mode 0600, and the final file should get the usual umask mode.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
 
 
 def _missing(path: str) -> FileNotFoundError:
