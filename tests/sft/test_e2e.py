@@ -20,14 +20,13 @@ from transformer_toolkit import (
     TransformerConfig,
     from_sft_strings,
 )
-from transformer_toolkit.sft.synthetic import WORDS, exact_match, synthetic_tasks
+from transformer_toolkit.sft.synthetic import WORDS, exact_match, synthetic_tasks, user_prompts
 
 
 def test_sft_from_scratch_then_chat(tmp_path):
     torch.manual_seed(0)
     train = synthetic_tasks(4000, seed=0, tasks=("reverse",))
-    seen = {s["messages"][0]["content"] for s in train}
-    held_out = synthetic_tasks(50, seed=1, tasks=("reverse",), exclude=seen)
+    held_out = synthetic_tasks(50, seed=1, tasks=("reverse",), exclude=user_prompts(train))
 
     template = ChatTemplate("chatml")
     texts = [template.format_messages(s["messages"])[0] for s in train[:300]] + [" ".join(WORDS)] * 20

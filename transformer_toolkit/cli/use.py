@@ -111,12 +111,14 @@ def cmd_sft(args, overrides: dict) -> int:
             session.reset()
             return session.ask(prompt)
 
+        prompts = [s["messages"][-2]["content"] for s in held_out]
+        asked_first = dict(zip(prompts, prompts[1:] + prompts[:1], strict=True))  # another held-out question
+
         def follow_up(prompt: str) -> str:  # the question comes second, after another exchange
             session.reset()
-            session.ask(held_out[(index[prompt] + 1) % len(held_out)]["messages"][-2]["content"])
+            session.ask(asked_first[prompt])
             return session.ask(prompt)
 
-        index = {s["messages"][-2]["content"]: i for i, s in enumerate(held_out)}
         print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts; "
               f"{exact_match(follow_up, held_out):.0%} as the second question of a chat")
     return 0
@@ -130,8 +132,6 @@ def cmd_generate(args) -> int:
     from ..generation import complete
 
     g = torch.Generator().manual_seed(args.seed)
-    if not tok.encode(args.prompt):
-        raise ValueError("--prompt encodes to no tokens; give some text")
     print(complete(model, tok, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
                    stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g))
     return 0
