@@ -45,14 +45,18 @@ def synthetic_tasks(n: int, seed: int = 0, tasks: tuple[str, ...] = TASKS, exclu
         prompt, answer = make_task(rng, tasks[len(out) % len(tasks)], **kw)
         if exclude and prompt in exclude:
             continue
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages = _exchange(prompt, answer)
         if multi_turn and rng.random() < multi_turn:
             prompt, answer = make_task(rng, rng.choice(tasks), **kw)
             if exclude and prompt in exclude:
                 continue
-            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+            messages += _exchange(prompt, answer)
         out.append({"messages": messages})
     return out
+
+
+def _exchange(prompt: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
 def user_prompts(samples: list[dict]) -> set[str]:
