@@ -64,6 +64,8 @@ def test_round_trip_and_resume(tmp_path, capsys):
 
     rc, out, err = run_main(capsys, "generate", "--run", run, "--prompt", "def f1", "--max-new", "5")
     assert rc == 0 and out.startswith("def f1"), err
+    rc, out_c, err = run_main(capsys, "generate", "--run", run, "--prompt", "def f1", "--max-new", "5", "--compile")
+    assert rc == 0 and out_c == out, err  # same seed, same sample: the compiled step is the same function
     rc, out, err = run_main(capsys, "eval", "--run", run, "--data", corpus)
     assert rc == 0 and "perplexity" in out, err
     ppl_text = float(out.split("perplexity")[1])

@@ -133,7 +133,7 @@ def cmd_generate(args) -> int:
 
     g = torch.Generator().manual_seed(args.seed)
     print(complete(model, tok, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
-                   stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g))
+                   stop_ids=[tok.eos_id] if tok.eos_id is not None else None, generator=g, compile=args.compile))
     return 0
 
 

@@ -40,12 +40,39 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float =
     backward is slower in bf16 than in fp32 (measured 1.4-2.7x at head_dim 32-64), so the casts
     pay for themselves, and the softmax gets fp32 precision for free.
     """
+    if q.shape[2] == 1 and q.device.type == "cpu" and torch.compiler.is_compiling() and dropout_p == 0.0:
+        return _one_query(q, k, v, ctx.mask, scale)
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         mask = ctx.mask if ctx.mask is None or ctx.mask.dtype == torch.bool else ctx.mask.float()
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
             y = _sdpa(q.float(), k.float(), v.float(), mask, ctx.is_causal, scale, dropout_p)
         return y.to(q.dtype)
     return _sdpa(q, k, v, ctx.mask, ctx.is_causal, scale, dropout_p)
+
+
+def _one_query(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    """Attention of one new token per row (a decode step) as two small matmuls, in float32,
+    for compiled decode steps on CPU (``generation.CompiledStep``).
+
+    PyTorch's fused CPU kernel is built for blocks of queries; for a single bf16 query over
+    512 cached keys it costs over 200 us per layer, more than the layer's weights take to
+    stream, and torch.compile cannot fuse into it. Here the ``G = H / KV`` query heads that
+    share a key head form the rows of one ``(G, d) @ (d, S)`` product, so grouped keys are never
+    repeated. Measured on the README's Shakespeare shape, 256 new tokens at batch 1: compiled
+    bf16 decoding 1.23x faster than with the fused kernel; fp32 and eager decoding unchanged
+    (within noise), so eager steps keep the fused kernel.
+    ``mask``: None, bool ``(..., 1, S)`` (True = attend) or additive, broadcastable to
+    ``(B, H, 1, S)``."""
+    B, H, _, d = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    G = H // KV
+    scores = q.float().reshape(B, KV, G, d) @ k.float().transpose(-1, -2)  # (B, KV, G, S)
+    scores = scores * (scale if scale is not None else d ** -0.5)
+    if mask is not None:
+        mask = mask.expand(B, H, 1, S).reshape(B, KV, G, S)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    out = scores.softmax(dim=-1) @ v.float()  # (B, KV, G, dv)
+    return out.view(B, H, 1, v.shape[-1]).to(q.dtype)
 
 
 def _sdpa(q, k, v, mask, is_causal, scale, dropout_p) -> Tensor:

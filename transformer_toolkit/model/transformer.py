@@ -242,20 +242,21 @@ class Transformer(nn.Module):
 
     def generate(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, compile: bool = False) -> Tensor:
         """Sample ``max_new`` tokens after ``tokens`` ``(B, T)`` and return ``(B, T + max_new)``
-        (shorter only if every row hit one of ``stop_ids``). See ``transformer_toolkit.generation``."""
+        (shorter only if every row hit one of ``stop_ids``). ``compile=True``: a compiled decode
+        step (faster per token after a one-time compile). See ``transformer_toolkit.generation``."""
         from ..generation import generate
 
-        return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator)
+        return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile)
 
     def stream(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[Tensor]:
+               generator: torch.Generator | None = None, compile: bool = False) -> Iterator[Tensor]:
         """Like ``generate`` but yields each new ``(B,)`` token tensor as soon as it is sampled."""
         from ..generation import stream
 
-        return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator)
+        return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile)
 
     # weights and parameters ---------------------------------------------------------------
     @classmethod
