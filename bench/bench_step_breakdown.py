@@ -34,8 +34,8 @@ from gpt_reference import GPT
 from transformer_toolkit import Transformer, TransformerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GPT_STYLE = dict(dim=128, n_layers=4, n_heads=4, max_seq=64, norm="layernorm", ffn="ffn", pos_enc="learned",
-                 tie_weights=True)
+GPT_STYLE = dict(dim=128, n_layers=4, n_heads=4, max_seq=64, norm="layernorm", ffn="ffn", gelu="exact",
+                 pos_enc="learned", tie_weights=True)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ FAMILIES = {
     "mixtral": (dict(attn="gqa", n_kv_heads=2, ffn="moe", n_experts=4, top_k=2, hidden_dim=96),
                 "MixtralForCausalLM"),
     "gpt2": (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, eps=1e-5), "GPT2LMHeadModel"),
+    "gpt2_exact_gelu": (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, eps=1e-5, gelu="exact"),
+                        "GPT2LMHeadModel"),
     "deepseek_mla": (dict(attn="mla", latent_dim=24, q_latent_dim=16, rope_head_dim=6), "DeepseekV2ForCausalLM"),
     "deepseek_moe": (dict(attn="mla", latent_dim=32, ffn="moe_shared", n_experts=5, moe_n_shared=1, top_k=2,
                           moe_norm_topk=False, moe_hidden_dim=24, tie_weights=False), "DeepseekV2ForCausalLM"),

@@ -66,6 +66,8 @@ HF_CONFIGS = {
                                                   sliding_window=None),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=SEQ,
                                             bos_token_id=0, eos_token_id=0),
+    "gpt2_exact_gelu": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                                       n_positions=SEQ, activation_function="gelu"),
     "deepseek_v2_dense": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=2, q_lora_rank=None),
     "deepseek_v2_moe": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=0, q_lora_rank=12,
                                                              n_routed_experts=4, n_shared_experts=2,

@@ -346,3 +346,22 @@ def test_to_json_file_round_trip_is_atomic(tmp_path):
     cfg.to_json(tmp_path / "cfg.json")
     assert TransformerConfig.from_json(tmp_path / "cfg.json") == cfg
     assert [p.name for p in tmp_path.iterdir()] == ["cfg.json"]  # no temp file left behind
+
+
+def test_gelu_choice_sets_the_activation_of_gelu_ffns_only():
+    import torch.nn.functional as F
+
+    from transformer_toolkit.model import Transformer
+    from transformer_toolkit.model.ffn import gelu_tanh
+
+    x = torch.randn(3, 5)
+    for ffn in ("ffn", "geglu"):
+        tanh = Transformer(TransformerConfig(vocab_size=11, dim=8, n_layers=1, n_heads=2, ffn=ffn))
+        exact = Transformer(TransformerConfig(vocab_size=11, dim=8, n_layers=1, n_heads=2, ffn=ffn, gelu="exact"))
+        assert torch.equal(tanh.blocks[0].ffn.act(x), gelu_tanh(x))
+        assert torch.equal(exact.blocks[0].ffn.act(x), F.gelu(x))
+        assert not torch.equal(F.gelu(x), gelu_tanh(x))
+    swiglu = Transformer(TransformerConfig(vocab_size=11, dim=8, n_layers=1, n_heads=2, gelu="exact"))
+    assert torch.equal(swiglu.blocks[0].ffn.act(x), F.silu(x))  # the field leaves other FFNs alone
+    with pytest.raises(ValueError, match="gelu"):
+        TransformerConfig(gelu="erf")

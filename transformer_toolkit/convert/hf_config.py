@@ -78,7 +78,8 @@ def to_hf_config(cfg: TransformerConfig, special: dict[str, int | None] | None =
         d = deepseek.to_config(cfg)
     elif family == "gpt2":
         d = {"vocab_size": cfg.vocab_size, "n_embd": cfg.dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
-             "n_positions": cfg.max_seq, "n_inner": cfg.hidden_dim, "activation_function": "gelu_new",
+             "n_positions": cfg.max_seq, "n_inner": cfg.hidden_dim,
+             "activation_function": "gelu" if cfg.gelu == "exact" else "gelu_new",
              "layer_norm_epsilon": cfg.eps, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
              "attn_pdrop": cfg.dropout,
              "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
@@ -115,8 +116,9 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
         return mt, deepseek.from_config(d, max_seq)
     if mt == "gpt2":
         bad = []
-        if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            bad.append(f"activation_function={d['activation_function']!r} (needs the tanh GELU)")
+        act = d.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            bad.append(f"activation_function={act!r} (needs a GELU: gelu_new, gelu_pytorch_tanh or gelu)")
         for k, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True),
                       ("reorder_and_upcast_attn", False)):
             if d.get(k, ok) != ok:
@@ -131,7 +133,7 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
             max_seq=d.get("n_positions", 1024), attn="mha", ffn="ffn",
             hidden_dim=d.get("n_inner") or 4 * n_embd,
             norm="layernorm", eps=d.get("layer_norm_epsilon", 1e-5), pos_enc="learned", tie_weights=True,
-            bias=True, init_std=d.get("initializer_range", 0.02))
+            bias=True, init_std=d.get("initializer_range", 0.02), gelu="exact" if act == "gelu" else "tanh")
     if mt not in ("llama", "mistral", "qwen2", "mixtral"):
         raise ValueError(f"model_type={mt!r} is not supported; supported: llama, mistral, qwen2, mixtral, "
                          "deepseek_v2, gpt2")

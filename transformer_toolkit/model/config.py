@@ -20,6 +20,7 @@ FFN_KINDS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_e
 MOE_KINDS = ("moe", "moe_ec", "moe_shared")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POS_KINDS = ("rope", "sinusoidal", "learned", "alibi", "none")
+GELU_KINDS = ("tanh", "exact")
 
 
 class TransformerConfig(StrictConfig):
@@ -59,6 +60,7 @@ class TransformerConfig(StrictConfig):
     moe_n_routed: int | None = None
     moe_hidden_dim: int | None = None  # width of each expert; None = hidden_dim
     moe_norm_topk: bool = True  # renormalise the top-k routing weights to sum to 1 (Mixtral)
+    gelu: str = "tanh"  # ffn/geglu: "tanh" approximation (GPT-2's gelu_new) or "exact" (erf; nanoGPT, BERT)
 
     # normalization
     norm: str = "rmsnorm"
@@ -83,6 +85,7 @@ class TransformerConfig(StrictConfig):
         check_choice("ffn", self.ffn, FFN_KINDS)
         check_choice("norm", self.norm, NORM_KINDS)
         check_choice("pos_enc", self.pos_enc, POS_KINDS)
+        check_choice("gelu", self.gelu, GELU_KINDS)
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

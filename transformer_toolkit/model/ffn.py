@@ -1,7 +1,9 @@
 """Dense feed-forward blocks. Plain: ``down(act(up(x)))``; gated (Shazeer 2020,
 https://arxiv.org/abs/2002.05202): ``down(act(gate(x)) * up(x))``.
 
-GELU is the tanh approximation everywhere (GPT-2's ``gelu_new``, Gemma's GeGLU).
+GELU is the tanh approximation by default (GPT-2's ``gelu_new``, Gemma's GeGLU); config
+``gelu="exact"`` uses the erf form (BERT, nanoGPT's ``nn.GELU()``), which this torch's CPU build
+also computes about 3x faster.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+GELU = {"tanh": gelu_tanh, "exact": F.gelu}
+
+
 class FFN(nn.Module):
     """``ffn``: two linear layers with GELU between them (GPT-2, BERT)."""
 
     act = staticmethod(gelu_tanh)
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act=None):
         super().__init__()
+        if act is not None:
+            self.act = act
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
@@ -41,8 +48,10 @@ class GatedFFN(nn.Module):
 
     act = staticmethod(torch.sigmoid)
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act=None):
         super().__init__()
+        if act is not None:
+            self.act = act
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)

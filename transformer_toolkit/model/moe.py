@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ffn import DENSE_FFN, SwiGLU
+from .ffn import DENSE_FFN, GELU, SwiGLU
 
 # (device type, dtype, in, out) -> whether torch._grouped_mm accepted it (it needs 16-byte aligned rows)
 _GROUPED_MM_OK: dict[tuple, bool] = {}
@@ -181,7 +181,8 @@ class ExpertChoiceMoE(nn.Module):
 def build_ffn(cfg) -> nn.Module:
     """The feed-forward module named by ``cfg.ffn``."""
     if cfg.ffn in DENSE_FFN:
-        return DENSE_FFN[cfg.ffn](cfg.dim, cfg.hidden_dim, bias=cfg.bias)
+        act = GELU[cfg.gelu] if cfg.ffn in ("ffn", "geglu") else None
+        return DENSE_FFN[cfg.ffn](cfg.dim, cfg.hidden_dim, bias=cfg.bias, act=act)
     h = cfg.moe_hidden_dim
     if cfg.ffn == "moe":
         return TokenChoiceMoE(cfg.dim, h, cfg.n_experts, cfg.top_k, cfg.moe_aux_weight, cfg.moe_norm_topk)
