@@ -57,6 +57,16 @@ def test_cuda_graph_generation_equals_eager(attn, pos, ffn, monkeypatch):
     assert torch.equal(with_graph, eager)
 
 
+@pytest.mark.parametrize("attn", ["gqa", "mla"])
+def test_compiled_generation_equals_eager_on_gpu(attn):
+    """generate(compile=True) on CUDA: torch.compile(mode="reduce-overhead") of the decode step."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(attn=attn, max_seq=32)).to(DEV)
+    prompt = torch.randint(0, 97, (2, 5), device=DEV)
+    compiled = model.generate(prompt, max_new=40, temperature=0, compile=True)
+    assert torch.equal(compiled, model.generate(prompt, max_new=40, temperature=0))
+
+
 @pytest.mark.parametrize("attn", ["mha", "gqa", "mqa", "flash", "mla"])
 @pytest.mark.parametrize("ffn", ["swiglu", "ffn", "moe", "moe_ec", "moe_shared"])
 def test_bf16_autocast_training_learns_on_gpu(attn, ffn):
