@@ -13,6 +13,7 @@ last ``max_seq`` tokens.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -156,7 +157,7 @@ class CompiledStep:
         if mode not in CompiledStep._compiled:
             CompiledStep._compiled[mode] = torch.compile(_decode_step, dynamic=False, mode=mode)
         self.fn = CompiledStep._compiled[mode]
-        self.checked = False
+        self.checked, self.skip_guards = False, True
         self(self.tok, 0)  # compile now; writes slot 0, which the prefill then overwrites
 
     @classmethod
@@ -172,13 +173,29 @@ class CompiledStep:
         self.tok.copy_(tokens)
         self.pos.fill_(pos)
         with rowdot_linears(self.model) if self.device.type == "cpu" else nullcontext():
-            if not self.checked:  # the first call checks every guard (and compiles if none match)
-                self.checked = True
+            if self.checked and self.skip_guards and _CAN_SKIP_GUARDS:
+                # Later calls feed the same model, cache and input tensors as the first, so the
+                # guards would pass again; evaluating them costs ~0.2 ms per token on CPU.
+                try:
+                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                        return self.fn(self.model, self.tok, self.pos, self.cache)
+                except RuntimeError as e:  # the first call ran uncompiled (limit reached)
+                    if "skip_guard_eval_unsafe" not in str(e):
+                        raise
+                    self.skip_guards = False
+            self.checked = True
+            # The first call checks every guard and compiles if none match. One variant per
+            # model structure, batch, cache length and dtype: allow more than dynamo's default
+            # of 8 for this function before it falls back to running uncompiled.
+            with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}):
                 return self.fn(self.model, self.tok, self.pos, self.cache)
-            # Later calls feed the same model, cache and input tensors as the first, so the
-            # guards would pass again; evaluating them costs ~0.2 ms per token on CPU.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return self.fn(self.model, self.tok, self.pos, self.cache)
+
+
+RECOMPILE_LIMIT = 64
+# torch < 2.7 names the limit cache_size_limit and cannot skip guard checks (2.6 added set_stance)
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+_CAN_SKIP_GUARDS = (hasattr(torch.compiler, "set_stance")
+                    and "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters)
 
 
 def compiled_cache_len(needed: int, max_seq: int) -> int:
