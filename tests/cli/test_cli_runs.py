@@ -97,7 +97,10 @@ def test_sft_builtin_then_chat(tmp_path, capsys):
     assert "exact match:" in out and "on 4 held-out prompts" in out
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["template"]["preset"] == "chatml"
 
-    r = run_module("chat", "--run", run, "--max-new", "3", stdin="reverse: cat dog\n/system be brief\n/reset\n"
-                   "add: 1 + 2\n/exit\nnever asked\n")
+    stdin = "reverse: cat dog\n/system be brief\n/reset\nadd: 1 + 2\n/exit\nnever asked\n"
+    r = run_module("chat", "--run", run, "--max-new", "3", stdin=stdin)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2  # two replies, nothing else on stdout when piped
+    compiled = run_module("chat", "--run", run, "--max-new", "3", "--compile", stdin=stdin)
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == r.stdout  # greedy replies: the compiled step is the same function

@@ -36,6 +36,9 @@ def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--max-new", type=int, default=100)
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--compile", action="store_true",
+                   help="decode with a torch.compile'd step: faster per token after a one-time compile "
+                        "(seconds to tens of seconds), worth it for long replies")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true",
-                   help="decode with a torch.compile'd step: faster per token after a one-time compile "
-                        "(10-20 s), worth it for long completions")
 
     p = sub.add_parser("chat", help="chat with a run's or a pretrained model (/reset, /system TEXT, /exit); "
                                     "reads piped stdin too")

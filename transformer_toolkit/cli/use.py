@@ -144,7 +144,8 @@ def cmd_chat(args) -> int:
 
     model, tok, template, _ = load_source(args, warn=not args.template)
     session = ChatSession(model, tok, template=args.template or template, system=args.system,
-                          max_new=args.max_new, temperature=args.temperature, top_k=args.top_k)
+                          max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
+                          compile=args.compile)
     tty = sys.stdin.isatty()
     if tty:
         print("chat: /reset forgets the conversation, /system TEXT sets the system prompt, /exit quits")

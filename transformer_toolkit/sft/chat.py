@@ -25,12 +25,14 @@ class ChatSession:
     """A multi-turn conversation with ``model``. ``history`` holds the user/assistant messages."""
 
     def __init__(self, model, tokenizer, template: str | ChatTemplate = "chatml", system: str | None = None,
-                 max_new: int = 200, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None):
+                 max_new: int = 200, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+                 compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.template = template if isinstance(template, ChatTemplate) else ChatTemplate(template)
         self.system = system
         self.history: list[dict] = []
-        self.defaults = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p)
+        # compile: decode with a compiled step (generation.generate); worth it for long sessions
+        self.defaults = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, compile=compile)
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
