@@ -10,7 +10,8 @@ Four models with the same width and depth, differing only in attention: MHA (8 k
 key per token). For each: the cache bytes per token (all layers, batch 1, as ``make_cache``
 allocates them), the parameter count, and greedy decode tokens/s at batch 1 for ``--new``
 tokens after a 32-token prompt, with rounds alternating between the models (the order reverses
-every round) and the median reported. Results: ``bench/results/mla_latest.json``.
+every round) and the median reported, eager and with ``generate(..., compile=True)``.
+Results: ``bench/results/mla_latest.json``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def build(args, attn: str, **kw) -> Transformer:
     return Transformer(cfg).eval()
 
 
-def decode_tok_s(model: Transformer, prompt: torch.Tensor, new: int) -> float:
+def decode_tok_s(model: Transformer, prompt: torch.Tensor, new: int, compile: bool = False) -> float:
     with torch.inference_mode():
         t = time.perf_counter()
-        out = model.generate(prompt, max_new=new, temperature=0)
+        out = model.generate(prompt, max_new=new, temperature=0, compile=compile)
         dt = time.perf_counter() - t
     assert out.shape[1] == prompt.shape[1] + new
     return new / dt
@@ -68,11 +69,14 @@ def main() -> None:
     prompt = torch.randint(0, args.vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     for m in models.values():
         decode_tok_s(m, prompt, 4)  # warm up (decode layouts, allocator)
+        decode_tok_s(m, prompt, args.new, compile=True)  # compile the step for this cache length
     speeds = {name: [] for name in models}
+    compiled = {name: [] for name in models}
     for r in range(args.rounds):
         order = list(models) if r % 2 == 0 else list(models)[::-1]
         for name in order:
             speeds[name].append(decode_tok_s(models[name], prompt, args.new))
+            compiled[name].append(decode_tok_s(models[name], prompt, args.new, compile=True))
 
     rows = {}
     mha_bytes = sum(c.bytes_per_token() for c in models["mha"].make_cache(1))
@@ -80,13 +84,14 @@ def main() -> None:
         cache_bytes = sum(c.bytes_per_token() for c in m.make_cache(1))
         rows[name] = {"cache_bytes_per_token": cache_bytes, "vs_mha_cache": cache_bytes / mha_bytes,
                       "params": m.num_parameters(), "decode_tok_s": statistics.median(speeds[name]),
-                      "rounds": speeds[name]}
+                      "rounds": speeds[name], "compiled_decode_tok_s": statistics.median(compiled[name]),
+                      "compiled_rounds": compiled[name]}
     print(f"dim {args.dim}, {args.layers} layers, {args.heads} heads of {head_dim}, vocab {args.vocab}; "
           f"batch 1, {args.new} new tokens, fp32, {torch.get_num_threads()} threads; median of {args.rounds}")
-    print(f"{'attention':<20}{'cache B/token':>14}{'x MHA':>8}{'params':>12}{'decode tok/s':>14}")
+    print(f"{'attention':<20}{'cache B/token':>14}{'x MHA':>8}{'params':>12}{'decode tok/s':>14}{'compiled':>10}")
     for name, r in rows.items():
         print(f"{name:<20}{r['cache_bytes_per_token']:>14,}{r['vs_mha_cache']:>8.3f}{r['params']:>12,}"
-              f"{r['decode_tok_s']:>14.1f}")
+              f"{r['decode_tok_s']:>14.1f}{r['compiled_decode_tok_s']:>10.1f}")
     record = {"settings": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": rows}
     RESULTS.mkdir(exist_ok=True)
