@@ -1,4 +1,5 @@
-"""CPU bf16 training runs attention in fp32 (faster backward there); results stay bf16-typed."""
+"""CPU bf16 training runs the attention of short sequences in fp32 (faster backward there) and
+of long ones in bf16; results stay bf16-typed."""
 
 from __future__ import annotations
 
@@ -45,3 +46,27 @@ def test_the_attention_kernel_sees_fp32_when_training_and_bf16_when_not(monkeypa
         with torch.no_grad():
             model(x)
     assert set(seen) == {torch.bfloat16}  # inference keeps bf16 (no backward to speed up)
+
+
+def test_long_sequences_keep_bf16_attention_in_training(monkeypatch):
+    import torch.nn.functional as F
+
+    from transformer_toolkit.model.attention import _fp32_pays
+
+    assert _fp32_pays(128, 64) and not _fp32_pays(256, 64)
+    assert _fp32_pays(512, 32) and not _fp32_pays(1024, 32)
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = Transformer(tiny_config(dim=128, n_heads=2, max_seq=256))  # head_dim 64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 97, (1, 256)))
+        assert set(seen) == {torch.bfloat16}
+        seen.clear()
+        model(torch.randint(0, 97, (1, 128)))
+        assert set(seen) == {torch.float32}

@@ -32,17 +32,30 @@ class AttnContext:
     continuing: bool = False  # this call extends a cached sequence (start > 0)
 
 
+def _fp32_pays(T: int, head_dim: int) -> bool:
+    """Whether a CPU bf16 training step should run its attention in fp32 instead.
+
+    PyTorch's fused CPU attention backward is slow in bf16 for short blocks and catches up with
+    length. Measured on 2 cores, whole training steps, bf16 autocast: at T=128 (head_dim 64)
+    fp32 attention gives 1.06x the step's tokens/s; at 256 the two are even (GQA) or bf16 is
+    1.05x (MHA); at 512 bf16 is 1.03-1.09x and at 1024 1.03x. With head_dim 32 the fp32 kernel
+    is the faster up to T=512 (attention alone, forward + backward: bf16 at 0.80x, 0.97x of its
+    speed at T=256, 512, and 1.25x at 1024)."""
+    return T <= (512 if head_dim <= 32 else 128)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float = 0.0,
            scale: float | None = None) -> Tensor:
     """Scaled dot-product attention of q ``(B, H, T, d)`` over k, v ``(B, KV, S, d)``.
 
-    On CPU, training in bf16 runs the attention itself in fp32: PyTorch's CPU flash-attention
-    backward is slower in bf16 than in fp32 (measured 1.4-2.7x at head_dim 32-64), so the casts
-    pay for themselves, and the softmax gets fp32 precision for free.
+    On CPU, training in bf16 runs the attention of short sequences in fp32 (``_fp32_pays``):
+    there PyTorch's CPU flash-attention backward is slower in bf16 than in fp32 (1.4-2.7x at
+    head_dim 32-64, sequence 64-128), so the casts pay for themselves, and the softmax gets fp32
+    precision for free. Longer sequences stay in bf16, where its kernel is the faster one.
     """
     if q.shape[2] == 1 and q.device.type == "cpu" and torch.compiler.is_compiling() and dropout_p == 0.0:
         return _one_query(q, k, v, ctx.mask, scale)
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and _fp32_pays(q.shape[2], q.shape[3]):
         mask = ctx.mask if ctx.mask is None or ctx.mask.dtype == torch.bool else ctx.mask.float()
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
             y = _sdpa(q.float(), k.float(), v.float(), mask, ctx.is_causal, scale, dropout_p)
