@@ -7,8 +7,11 @@ Run (from the repository root)::
     python bench/bench_train.py --shape b --device cuda  # bf16 on a GPU, with MFU over 989 TFLOP/s
     python bench/bench_train.py --quick                # tiny smoke run, seconds
 
-One step = forward, cross-entropy on the fp32 logits, backward, ``torch.optim.AdamW`` (the same
-hyper-parameters everywhere, fused where the device has the kernel), in fp32 and under
+One step = forward, cross-entropy (each side's own: HF and litgpt upcast the logits to fp32 and
+call ``F.cross_entropy``, as HF's causal-LM loss does; ours is the Trainer's
+``cross_entropy_sum``, the same fp32 log-softmax without the copy), backward,
+``torch.optim.AdamW`` (the same hyper-parameters everywhere, fused where the device has the
+kernel), in fp32 and under
 ``torch.autocast(dtype=torch.bfloat16)`` (fp32 master weights); on CUDA bf16 only. Every side
 trains on the same random token batch. The sides:
 
@@ -57,6 +60,7 @@ import transformers
 from bench_core import build_hf, hf_logits, matmul_peak
 
 from transformer_toolkit.model import Transformer, TransformerConfig
+from transformer_toolkit.trainer.loss import cross_entropy_sum
 from transformer_toolkit.trainer.mfu import flops_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,8 +162,9 @@ def tune_malloc() -> dict:
 class LocalSide:
     """A model trained in this process."""
 
-    def __init__(self, name: str, model, logits_fn, device: torch.device, compiled: bool = False):
+    def __init__(self, name: str, model, logits_fn, device: torch.device, compiled: bool = False, loss_fn=None):
         self.name, self.model, self.logits_fn, self.device = name, model, logits_fn, device
+        self.loss_fn = loss_fn or hf_style_loss
         self.module = model._orig_mod if compiled else model  # the parameters' owner
         self.init = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         self.opt, self.bf16 = None, False
@@ -177,8 +182,7 @@ class LocalSide:
         t = time.perf_counter()
         for _ in range(steps):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.logits_fn(self.model, x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+                loss = self.loss_fn(self.logits_fn(self.model, x), y)
             loss.backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -187,6 +191,16 @@ class LocalSide:
 
     def release(self) -> None:
         self.opt = None
+
+
+def hf_style_loss(logits, y):
+    """Mean cross-entropy on the logits upcast to fp32 (what HF's causal-LM loss does)."""
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+
+
+def ours_loss(logits, y):
+    """The Trainer's loss (``trainer.loss.cross_entropy_sum``), as a mean."""
+    return cross_entropy_sum(logits, y) / y.numel()
 
 
 class LitgptSide:
@@ -344,11 +358,12 @@ def main() -> None:  # noqa: PLR0915 - a linear script: parse, build, check, mea
     y = torch.randint(0, shape["vocab_size"], (batch, seq), device=device)
     sides, diff, litgpt = [], None, None
     if "ours" in wanted:
-        sides.append(LocalSide("ours", ours, ours_logits, device))
+        sides.append(LocalSide("ours", ours, ours_logits, device, loss_fn=ours_loss))
     if "ours_compile" in wanted:
         twin = build_ours(shape).to(device)
         twin.load_state_dict(ours.state_dict())
-        sides.append(LocalSide("ours_compile", torch.compile(twin), ours_logits, device, compiled=True))
+        sides.append(LocalSide("ours_compile", torch.compile(twin), ours_logits, device, compiled=True,
+                               loss_fn=ours_loss))
     if "hf" in wanted:
         hf = build_hf_peer(ours).to(device)
         diff = check_same_function(ours, hf, x[:2])

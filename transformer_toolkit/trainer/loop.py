@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import distributed as D
@@ -30,6 +29,7 @@ from .batches import Batch, BatchStream, check_batch, is_stateful, unpack
 from .checkpoint import latest_ckpt
 from .config import TrainConfig
 from .hub import HubWorker, default_uploader
+from .loss import cross_entropy_sum
 from .metrics import MetricsLog
 from .mfu import flops_per_token, peak_flops
 from .optim import build_optimizer, lr_at
@@ -116,12 +116,8 @@ class Trainer(PersistMixin):
         x, y, loss_mask, doc_ids = batch
         out = model(x) if doc_ids is None else model(x, doc_ids=doc_ids)
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        logits = logits.float().flatten(0, 1)  # (B*T, vocab); the softmax in fp32 under autocast
-        if loss_mask is None:
-            loss = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        else:
-            token_losses = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-            loss = (token_losses * loss_mask.flatten().to(token_losses.dtype)).sum()
+        # the log-softmax runs in fp32 under autocast without an fp32 copy of the logits
+        loss = cross_entropy_sum(logits, y, IGNORE_INDEX, weights=loss_mask)
         aux = torch.zeros((), device=x.device) if aux is None else aux.float()
         return loss, aux
 
