@@ -27,3 +27,17 @@ def tiny_config(**overrides) -> TransformerConfig:
 
 
 ATTN_X_POS = list(itertools.product(ATTNS, POS))
+
+
+def spy_dtypes(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` (a torch function) by a wrapper that records the dtype of its first
+    argument on every call; returns the (live) list of recorded dtypes."""
+    seen = []
+    real = getattr(owner, name)
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return seen

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import tiny_config
+import torch.nn.functional as F
+from model_helpers import spy_dtypes, tiny_config
 
 from transformer_toolkit.model import Transformer
 
@@ -27,16 +28,7 @@ def test_bf16_autocast_training_matches_fp32(attn, pos):
 
 
 def test_the_attention_kernel_sees_fp32_when_training_and_bf16_when_not(monkeypatch):
-    import torch.nn.functional as F
-
-    seen = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, *args, **kwargs):
-        seen.append(q.dtype)
-        return real(q, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    seen = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
     model = Transformer(tiny_config())
     x = torch.randint(0, 97, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -49,20 +41,11 @@ def test_the_attention_kernel_sees_fp32_when_training_and_bf16_when_not(monkeypa
 
 
 def test_long_sequences_keep_bf16_attention_in_training(monkeypatch):
-    import torch.nn.functional as F
-
     from transformer_toolkit.model.attention import _fp32_pays
 
     assert _fp32_pays(128, 64) and not _fp32_pays(256, 64)
     assert _fp32_pays(512, 32) and not _fp32_pays(1024, 32)
-    seen = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, *args, **kwargs):
-        seen.append(q.dtype)
-        return real(q, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    seen = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
     model = Transformer(tiny_config(dim=128, n_heads=2, max_seq=256))  # head_dim 64
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 97, (1, 256)))

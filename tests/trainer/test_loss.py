@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import spy_dtypes
 
 from transformer_toolkit.trainer.loss import cross_entropy_sum
 
@@ -53,14 +54,7 @@ def test_gradcheck_in_float64():
 
 
 def test_under_autocast_the_logits_are_not_copied_to_fp32(monkeypatch):
-    seen = []
-    real = torch.log_softmax
-
-    def spy(x, *args, **kwargs):
-        seen.append(x.dtype)
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "log_softmax", spy)
+    seen = spy_dtypes(monkeypatch, torch, "log_softmax")
     w = torch.randn(11, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = torch.randn(6, 8) @ w.t()
