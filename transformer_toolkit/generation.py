@@ -81,11 +81,8 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
     if max_new == 0:
         return
 
-    if compile:
-        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator, True)
-        return
-    with decode_weights(model):
-        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator)
+    with nullcontext() if compile else decode_weights(model):  # a compiled step has its own linears
+        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator, compile)
 
 
 class GraphStep:

@@ -112,17 +112,22 @@ def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinear]:
 
 
 @contextmanager
-def decode_weights(model: nn.Module):
-    """Within the block, small-batch ``nn.Linear`` calls of an eval-mode CPU model use
-    decode-friendly copies of the weights (see the module docstring). Elsewhere a no-op."""
-    linears = _eligible(model)
-    for lin, fast in zip(linears, _plan(model, linears), strict=True):
-        lin.forward = fast
+def _forwards(linears: list[nn.Linear], forwards: list):
+    """Within the block, each linear's calls go to its replacement forward."""
+    for lin, fwd in zip(linears, forwards, strict=True):
+        lin.forward = fwd
     try:
         yield
     finally:
         for lin in linears:
             del lin.forward  # back to nn.Linear.forward
+
+
+def decode_weights(model: nn.Module):
+    """Within the block, small-batch ``nn.Linear`` calls of an eval-mode CPU model use
+    decode-friendly copies of the weights (see the module docstring). Elsewhere a no-op."""
+    linears = _eligible(model)
+    return _forwards(linears, _plan(model, linears))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,16 +153,9 @@ def _rowdot_forward(self: nn.Linear, x: Tensor) -> Tensor:
     return y if self.bias is None else y + self.bias
 
 
-@contextmanager
 def rowdot_linears(model: nn.Module):
-    """Within the block, every ``nn.Linear`` of ``model`` with a small-batch input computes its
-    rows as dot products (the form above); meant to be traced by torch.compile. Elsewhere a
-    no-op's cost: larger inputs take ``F.linear``."""
+    """Within the block, every ``nn.Linear`` of ``model`` computes an input of at most
+    ``ROWDOT_MAX_ROWS`` rows as dot products (the form above), larger ones with ``F.linear``;
+    meant to be traced by torch.compile."""
     linears = [m for m in model.modules() if type(m) is nn.Linear]
-    for lin in linears:
-        lin.forward = _rowdot_forward.__get__(lin)
-    try:
-        yield
-    finally:
-        for lin in linears:
-            del lin.forward
+    return _forwards(linears, [_rowdot_forward.__get__(lin) for lin in linears])

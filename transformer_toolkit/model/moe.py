@@ -43,14 +43,15 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """
     dt = compute_dtype(x)
     x, w = x.to(dt), w.to(dt)
-    if torch.compiler.is_compiling() and dt != torch.bfloat16 and x.shape[0] <= 64:
-        # torch.compile's shape rule for _grouped_mm takes bf16 only; a few rows (a compiled
-        # decode step) are cheapest as one batched matmul with each row's expert gathered
+    traced_non_bf16 = torch.compiler.is_compiling() and dt != torch.bfloat16  # torch.compile's
+    # shape rule for _grouped_mm takes bf16 only
+    if traced_non_bf16 and x.shape[0] <= 64:
+        # a few rows (a compiled decode step): one batched matmul with each row's expert gathered
         rows = torch.arange(x.shape[0], device=x.device)
         expert = torch.searchsorted(offs, rows, right=True)  # offs[e-1] <= row < offs[e]
         return torch.bmm(x.unsqueeze(1), w[expert]).squeeze(1)
     key = (x.device.type, dt, w.shape[-2], w.shape[-1])
-    if _GROUPED_MM_OK.get(key, True) and not (torch.compiler.is_compiling() and dt != torch.bfloat16):
+    if not traced_non_bf16 and _GROUPED_MM_OK.get(key, True):
         try:
             return torch._grouped_mm(x, w, offs=offs)
         except (RuntimeError, NotImplementedError):

@@ -21,8 +21,7 @@ class _CrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
         with torch.autocast(logits.device.type, enabled=False):
-            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            logp = torch.log_softmax(logits, dim=-1, dtype=dtype)  # (N, V)
+            logp = torch.log_softmax(logits, dim=-1, dtype=weights.dtype)  # (N, V), fp32 (or float64)
             picked = logp.gather(1, targets[:, None]).squeeze(1)  # (N,)
             loss = -(picked * weights).sum()
         ctx.save_for_backward(logp, targets, weights, picked)
@@ -55,7 +54,7 @@ def cross_entropy_sum(logits: Tensor, targets: Tensor, ignore_index: int = -100,
     V = logits.shape[-1]
     logits, targets = logits.reshape(-1, V), targets.reshape(-1)
     keep = targets != ignore_index
-    w = keep.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    w = keep.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)  # also the loss's dtype
     if weights is not None:
         w = w * weights.reshape(-1).to(w.dtype)
     safe = torch.where(keep, targets, torch.zeros_like(targets))  # ignored rows weigh 0 anyway
