@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ STEPS, ACCUM = 6, 2
 def run(out: Path, parallel: str, global_batch: int) -> None:
     torch.set_num_threads(1)
     info = init_distributed()  # before the loaders, so they know the rank
+    if info.enabled:
+        (out / f"rank{info.rank}.started").touch()
     torch.manual_seed(0)
     model = tiny_model()
     tokens = pattern_tokens()
@@ -43,4 +46,7 @@ def run(out: Path, parallel: str, global_batch: int) -> None:
 
 
 if __name__ == "__main__":
+    from test_distributed import HANG_S
+
+    faulthandler.dump_traceback_later(HANG_S, exit=True)  # a hang fails with every thread's stack
     run(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))

@@ -127,9 +127,29 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+_BARRIER: dict = {}  # the gloo barrier's flag tensor and its last Work, kept alive on purpose
+
+
 def barrier(info: DistInfo) -> None:
-    if info.enabled:
+    """Wait for every rank.
+
+    On gloo this is an all-reduce whose Work object Python keeps until the next barrier, not
+    ``dist.barrier()``. Gloo frees a finished collective on its own thread, and with torch 2.13
+    freeing the tensors a Python caller passed in takes the GIL. If the main thread is meanwhile
+    tearing the process group down (``destroy_process_group`` or the DDP wrapper being freed), it
+    holds the GIL while it joins that thread and the process hangs (seen about once in fifteen
+    two-process runs). A Work that Python still references is not freed on gloo's thread, so this
+    barrier can end a run safely, and while it waits (without the GIL) gloo frees the collectives
+    before it. ``Trainer.train`` ends with one."""
+    if not info.enabled:
+        return
+    if dist.get_backend() != "gloo":
         dist.barrier()
+        return
+    flag = _BARRIER.setdefault("flag", torch.zeros(1))
+    work = dist.all_reduce(flag, async_op=True)
+    work.wait()
+    _BARRIER["work"] = work  # the previous barrier's Work is freed here, on this thread
 
 
 def broadcast_object(obj, info: DistInfo):

@@ -252,6 +252,7 @@ class Trainer(PersistMixin):
             self.metrics.start(None if (path is None and self.step == 0) else self.step)
         if self.step >= cfg.max_steps:
             self.progress.message(f"already at step {self.step} >= max_steps={cfg.max_steps}: nothing to train")
+            D.barrier(self.dist)  # the last collective of a run must be one a teardown survives
             return self._summary(paused=False)
         n_params = getattr(self.model, "n_params", None)
         self.progress.header(cfg, self.precision.name, self.device, self.dist.world_size,
@@ -268,6 +269,7 @@ class Trainer(PersistMixin):
             self._close(wait=False)  # an abort must not wait for uploads in flight
             raise
         self._close(wait=True)
+        D.barrier(self.dist)  # the last collective of a run must be one a teardown survives (see barrier)
         return self._summary(paused)
 
     def _close(self, wait: bool) -> None:
