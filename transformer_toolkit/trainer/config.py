@@ -55,6 +55,7 @@ class TrainConfig(StrictConfig):
     precision: str | None = None  # "fp32" | "bf16" | "fp16"; overrides mixed_precision
     grad_checkpoint: bool = False
     compile: bool = False  # torch.compile the model (compilation time counts; pays off on long runs)
+    reuse_host_memory: bool = True  # CPU on Linux/glibc: keep freed memory for the next step (hostmem.py)
     device: str = "auto"  # "auto" = cuda (this rank's GPU) when available, else cpu; or e.g. "cuda:1"
     parallel: str = "ddp"  # under torchrun: "ddp" (replicate) or "fsdp" (FSDP2 fully_shard)
 

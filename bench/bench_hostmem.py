@@ -1,0 +1,124 @@
+"""CPU training steps with and without ``TrainConfig(reuse_host_memory=True)`` (glibc mallopt).
+
+Run (from the repository root)::
+
+    python bench/bench_hostmem.py              # 3 rounds of each case, ~4 minutes on 2 cores
+    python bench/bench_hostmem.py --quick      # a smoke run (not written as latest)
+
+The allocator setting is process-wide and cannot be undone, so every measurement is a fresh
+subprocess; the two settings alternate within each round (the order flips every round) and the
+figure is the median over rounds. A child builds the model and a ``Trainer`` (random tokens, no
+evals, no checkpoints), trains ``--warmup`` steps, then times ``--steps`` more through
+``trainer.train()`` and counts the minor page faults of those steps (``getrusage``). The cases:
+
+- ``nano``: the nanoGPT recipe of bench_nanogpt.py (4 layers, dim 128, batch 12 x 64, vocab 256),
+- ``a``: the README's Shakespeare shape of bench_train.py (dim 384, 6 layers, GQA 6/3, SwiGLU
+  1536, vocab 8000, batch 16 x 128),
+
+each in bf16 autocast (the CPU default) and fp32. Results go to
+``bench/results/hostmem_latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CASES = {  # name: (model config, batch, seq, timed steps)
+    "nano": (dict(vocab_size=256, dim=128, n_layers=4, n_heads=4, max_seq=64, dropout=0.0, norm="layernorm",
+                  ffn="ffn", gelu="exact", pos_enc="learned", tie_weights=True), 12, 64, 300),
+    "a": (dict(vocab_size=8000, dim=384, n_layers=6, n_heads=6, n_kv_heads=3, attn="gqa", hidden_dim=1536,
+               max_seq=128), 16, 128, 12),
+}
+
+
+def child(case: str, precision: str, reuse: bool, warmup: int, steps: int) -> dict:
+    import torch
+
+    from transformer_toolkit.model import Transformer, TransformerConfig
+    from transformer_toolkit.trainer import TrainConfig, Trainer
+
+    mcfg, batch, seq, _ = CASES[case]
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(**mcfg))
+    x = torch.randint(0, mcfg["vocab_size"], (batch, seq))
+    y = torch.randint(0, mcfg["vocab_size"], (batch, seq))
+
+    class Batches:  # the same batch forever: the data loader is not what is measured
+        def __iter__(self):
+            while True:
+                yield x, y
+
+        def __len__(self):
+            return 10**9
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(max_steps=warmup, warmup_steps=10, grad_accum_steps=1, precision=precision,
+                          reuse_host_memory=reuse, progress="none", plot=False, interruptible=False,
+                          save_best=False, save_step_ckpts=False, ckpt_dir=tmp)
+        trainer = Trainer(model, Batches(), None, mcfg["vocab_size"], cfg)
+        trainer.train()
+        trainer.cfg.max_steps = warmup + steps
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - t0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"ms_per_step": 1000 * wall / steps, "faults_per_step": faults / steps,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(case: str, precision: str, reuse: bool, warmup: int, steps: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", case, precision, "on" if reuse else "off", str(warmup), str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        case, precision, reuse, warmup, steps = sys.argv[2:7]
+        print(json.dumps(child(case, precision, reuse == "on", int(warmup), int(steps))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="1 round of a few steps (a smoke run)")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    load_before = os.getloadavg()[0]
+    results = {}
+    for case in CASES:
+        steps = 3 if args.quick else CASES[case][3]
+        for precision in ("bf16", "fp32"):
+            runs = {"off": [], "on": []}
+            for r in range(rounds):
+                for reuse in ((False, True) if r % 2 == 0 else (True, False)):
+                    runs["on" if reuse else "off"].append(run_child(case, precision, reuse, args.warmup, steps))
+            med = {k: {m: statistics.median(run[m] for run in v) for m in v[0]} for k, v in runs.items()}
+            speedup = med["off"]["ms_per_step"] / med["on"]["ms_per_step"]
+            results[f"{case}_{precision}"] = {"median": med, "speedup": speedup, "runs": runs}
+            print(f"{case:>4} {precision}: {med['off']['ms_per_step']:8.1f} -> {med['on']['ms_per_step']:8.1f} ms/step "
+                  f"({speedup:.2f}x); page faults/step {med['off']['faults_per_step']:8.0f} -> "
+                  f"{med['on']['faults_per_step']:6.0f}; max RSS {med['off']['max_rss_mb']:.0f} -> "
+                  f"{med['on']['max_rss_mb']:.0f} MB", flush=True)
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+           "libc": os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None,
+           "load_before": load_before, "load_after": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
+    name = "hostmem_quick.json" if args.quick else "hostmem_latest.json"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / name).write_text(json.dumps({"settings": vars(args), "env": env, "results": results}, indent=1))
+    print(f"wrote {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
