@@ -63,6 +63,7 @@ from transformer_toolkit.trainer.hostmem import keep_freed_memory
 RESULTS = Path(__file__).resolve().parent / "results"
 NANOGPT = {"val_loss": 1.87, "wall_s": 70.0, "vocab": 65,
            "source": "nanoGPT README CPU recipe; time measured on this 2-core machine (reference, not rerun)"}
+RECIPE_MODEL = dict(dim=128, n_layers=4, n_heads=4, max_seq=64, dropout=0.0)  # nanoGPT's CPU recipe
 ARCHS = {
     "gpt": dict(norm="layernorm", ffn="ffn", gelu="exact", pos_enc="learned", tie_weights=True),
     "llama": dict(norm="rmsnorm", ffn="swiglu", hidden_dim=344, pos_enc="rope", tie_weights=True),
@@ -75,8 +76,7 @@ def run_ours(args, data_path: Path, work: Path) -> dict:
     data_cfg = DataConfig(seq_len=64, batch_size=12, split=0.9, stride=1, seed=args.seed)
     train_dl, val_dl = from_binary(data_path, data_cfg, tokenizer=tok)
     torch.manual_seed(args.seed)
-    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, dim=128, n_layers=4, n_heads=4, max_seq=64,
-                                          dropout=0.0, **ARCHS[args.arch]))
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, **RECIPE_MODEL, **ARCHS[args.arch]))
     cfg = TrainConfig(
         max_steps=args.iters, warmup_steps=100, lr=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.1,
         grad_clip=1.0, grad_accum_steps=1, mixed_precision=args.precision == "auto",

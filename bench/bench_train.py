@@ -33,7 +33,8 @@ on CPU the best ``torch.mm`` measured here in that dtype, on CUDA 989e12 (H100/H
 Results go to ``bench/results/train_<shape>[_cuda]_latest.json``.
 
 ``--malloc keep`` (CPU, Linux/glibc) makes every side keep freed memory for reuse instead of
-returning it to the system (``tune_malloc``), for all sides at once, litgpt's process included.
+returning it to the system, with the Trainer's ``reuse_host_memory`` setting (``tune_malloc``),
+for all sides at once, litgpt's process included.
 By default glibc serves each large tensor with fresh pages from the kernel, whose page faults
 cost a bf16 training step about a quarter of its time on this 2-core machine; the figures
 with ``keep`` show what a training process gains by setting it (the ratios between sides are
@@ -43,7 +44,6 @@ not the point of that mode).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -60,6 +60,8 @@ import transformers
 from bench_core import build_hf, hf_logits, matmul_peak
 
 from transformer_toolkit.model import Transformer, TransformerConfig
+from transformer_toolkit.trainer import hostmem
+from transformer_toolkit.trainer.hostmem import keep_freed_memory
 from transformer_toolkit.trainer.loss import cross_entropy_sum
 from transformer_toolkit.trainer.mfu import flops_per_token
 
@@ -148,14 +150,14 @@ def check_same_function(ours, hf, x) -> float:
 
 
 def tune_malloc() -> dict:
-    """glibc: serve every allocation from the heap (no per-tensor mmap) and never trim the heap,
-    so the large activation and gradient buffers of one step are reused by the next instead of
-    being page-faulted in again. Returns the environment that does the same for a child process."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**30)):
-        raise RuntimeError("mallopt refused the settings; run without --malloc keep")
-    return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+    """The Trainer's ``reuse_host_memory`` allocator setting (``trainer/hostmem.py``), for this
+    process, so the large activation and gradient buffers of one step are reused by the next
+    instead of being page-faulted in again. Returns the environment that does the same for a
+    child process (glibc reads it at start-up)."""
+    if not keep_freed_memory():
+        raise RuntimeError("this C library does not take glibc's mallopt settings; run without --malloc keep")
+    return {"MALLOC_MMAP_THRESHOLD_": str(hostmem.MMAP_THRESHOLD),
+            "MALLOC_TRIM_THRESHOLD_": str(hostmem.TRIM_THRESHOLD)}
 
 
 # sides ----------------------------------------------------------------------------------------
