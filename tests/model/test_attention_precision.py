@@ -1,5 +1,6 @@
-"""CPU bf16 training runs the attention of short sequences in fp32 (faster backward there) and
-of long ones in bf16; results stay bf16-typed."""
+"""Which attention kernel CPU training and inference run, and in which dtype: short training
+sequences go to ``_matmul_attention`` (``attn="flash"`` excepted), the fused kernel runs the
+rest, in fp32 for short bf16 training blocks; results stay bf16-typed under autocast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from model_helpers import spy_dtypes, tiny_config
 
 from transformer_toolkit.model import Transformer
+from transformer_toolkit.model import attention as A
 
 
 @pytest.mark.parametrize("attn", ["mha", "gqa", "flash", "mla"])
@@ -27,29 +29,65 @@ def test_bf16_autocast_training_matches_fp32(attn, pos):
     assert sum(g.abs().sum() for g in grads if g is not None) > 0
 
 
-def test_the_attention_kernel_sees_fp32_when_training_and_bf16_when_not(monkeypatch):
-    seen = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
+def _spy_matmul_attention(monkeypatch) -> list:
+    seen = []
+    real = A._matmul_attention
+
+    def spy(q, *args):
+        seen.append(q.dtype)
+        return real(q, *args)
+
+    monkeypatch.setattr(A, "_matmul_attention", spy)
+    return seen
+
+
+def test_short_training_sequences_take_the_matmul_kernel_and_inference_the_fused_one(monkeypatch):
+    fused = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
+    matmul = _spy_matmul_attention(monkeypatch)
     model = Transformer(tiny_config())
     x = torch.randint(0, 97, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x)
-        assert set(seen) == {torch.float32}
-        seen.clear()
+        assert matmul == [torch.bfloat16] * 2 and fused == []  # training: both layers, in bf16
+        matmul.clear()
         with torch.no_grad():
             model(x)
-    assert set(seen) == {torch.bfloat16}  # inference keeps bf16 (no backward to speed up)
+    assert matmul == [] and set(fused) == {torch.bfloat16}  # inference keeps the fused kernel
+    fused.clear()
+    model(x)  # fp32 training
+    assert matmul == [torch.float32] * 2 and fused == []
 
 
-def test_long_sequences_keep_bf16_attention_in_training(monkeypatch):
-    from transformer_toolkit.model.attention import _fp32_pays
-
-    assert _fp32_pays(128, 64) and not _fp32_pays(256, 64)
-    assert _fp32_pays(512, 32) and not _fp32_pays(1024, 32)
-    seen = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
-    model = Transformer(tiny_config(dim=128, n_heads=2, max_seq=256))  # head_dim 64
+def test_flash_never_takes_the_matmul_kernel_and_runs_short_bf16_training_in_fp32(monkeypatch):
+    fused = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
+    matmul = _spy_matmul_attention(monkeypatch)
+    model = Transformer(tiny_config(attn="flash"))
+    x = torch.randint(0, 97, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        model(torch.randint(0, 97, (1, 256)))
-        assert set(seen) == {torch.bfloat16}
-        seen.clear()
-        model(torch.randint(0, 97, (1, 128)))
-        assert set(seen) == {torch.float32}
+        model(x)
+        assert set(fused) == {torch.float32}
+        fused.clear()
+        with torch.no_grad():
+            model(x)
+    assert set(fused) == {torch.bfloat16} and matmul == []
+
+
+def test_kernel_choice_by_sequence_length(monkeypatch):
+    assert A._fp32_pays(128, 64) and not A._fp32_pays(256, 64)
+    assert A._fp32_pays(512, 32) and not A._fp32_pays(1024, 32)
+    fused = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
+    matmul = _spy_matmul_attention(monkeypatch)
+    model = Transformer(tiny_config(dim=128, n_heads=2, max_seq=1024))  # head_dim 64
+    lim16, lim32 = A.MATMUL_ATTENTION_MAX_KEYS[torch.bfloat16], A.MATMUL_ATTENTION_MAX_KEYS[torch.float32]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 97, (1, lim16)))
+        assert len(matmul) == 2 and fused == []
+        matmul.clear()
+        model(torch.randint(0, 97, (1, lim16 + 1)))
+        assert matmul == [] and set(fused) == {torch.bfloat16}  # long: the fused kernel in bf16
+    fused.clear()
+    model(torch.randint(0, 97, (1, lim32)))
+    assert len(matmul) == 2 and fused == []
+    matmul.clear()
+    model(torch.randint(0, 97, (1, lim32 + 1)))
+    assert matmul == [] and set(fused) == {torch.float32}
