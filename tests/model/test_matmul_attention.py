@@ -4,6 +4,8 @@ the model builds, and the whole model trains the same through either kernel."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,3 +149,28 @@ def test_bf16_training_follows_the_fused_kernel_curve(monkeypatch):
     matmul, fused = curve(dict(A.MATMUL_ATTENTION_MAX_KEYS)), curve({})
     assert fused[-5:].mean() < 0.5 * fused[:5].mean()  # the task is learned
     torch.testing.assert_close(matmul, fused, atol=0.0, rtol=0.01)
+
+
+@pytest.mark.skipif(os.environ.get("TTK_TEST_COMPILE") != "1", reason="torch.compile takes ~15 s on 2 CPU cores; "
+                    "set TTK_TEST_COMPILE=1 to run")
+def test_compiled_training_step_equals_eager(monkeypatch):
+    """torch.compile traces the matmul attention (TrainConfig(compile=True)): same loss and grads."""
+    calls = []
+    real = A._matmul_attention
+    monkeypatch.setattr(A, "_matmul_attention", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(attn="gqa", n_kv_heads=2))
+    x = torch.randint(0, 97, (2, 16))
+
+    def step(fn):
+        model.zero_grad()
+        loss = F.cross_entropy(fn(x)[0].flatten(0, 1), x.roll(-1, 1).flatten())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = step(model)
+    assert calls
+    c_loss, c_grads = step(torch.compile(model))
+    torch.testing.assert_close(c_loss, loss, atol=1e-5, rtol=1e-5)
+    for g, r in zip(c_grads, grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
