@@ -9,7 +9,8 @@ Run (from the repository root)::
 
 One step = forward, cross-entropy (each side's own: HF and litgpt upcast the logits to fp32 and
 call ``F.cross_entropy``, as HF's causal-LM loss does; ours is the Trainer's
-``cross_entropy_sum``, the same fp32 log-softmax without the copy), backward,
+``cross_entropy_sum``, the same fp32 log-softmax a block of rows at a time, with no full-size
+fp32 array), backward,
 ``torch.optim.AdamW`` (the same hyper-parameters everywhere, fused where the device has the
 kernel), in fp32 and under
 ``torch.autocast(dtype=torch.bfloat16)`` (fp32 master weights); on CUDA bf16 only. Every side

@@ -61,3 +61,63 @@ def test_under_autocast_the_logits_are_not_copied_to_fp32(monkeypatch):
         loss = cross_entropy_sum(logits, torch.randint(0, 11, (6,)))
     loss.backward()
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and w.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocks_of_rows_give_the_same_loss_and_gradient(dtype, monkeypatch):
+    """Several blocks (and a shorter last one) equal the reference, as one block does."""
+    from transformer_toolkit.trainer import loss as L
+
+    monkeypatch.setattr(L, "BLOCK_ELEMENTS", {"cpu": 3 * 13})  # 3 rows of 13 per block: 7 rows -> 3, 3, 1
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(7, 13, generator=g) * 4).to(dtype)
+    targets = torch.randint(0, 13, (7,), generator=g)
+    targets[4] = -100
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours, ref = cross_entropy_sum(a, targets), _reference(b, targets)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+    ours.backward()
+    ref.backward()
+    tol = dict(atol=1e-7, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=1e-2)
+    torch.testing.assert_close(a.grad.float(), b.grad.float(), **tol)
+
+
+def test_masked_vocabulary_entries_and_large_logits_stay_exact():
+    """-inf logits (a vocabulary entry masked out, even the first) and logits in the thousands:
+    the loss is still F.cross_entropy's and the gradient finite, 0 at the masked entries."""
+    logits = torch.tensor([[float("-inf"), 2.0, 1.0, 0.5], [3000.0, 2990.0, -3000.0, float("-inf")]])
+    targets = torch.tensor([1, 1])
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours, ref = cross_entropy_sum(a, targets), _reference(b, targets)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+    ours.backward()
+    ref.backward()
+    assert torch.isfinite(a.grad).all() and a.grad[0, 0] == 0 and a.grad[1, 3] == 0
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_no_full_size_fp32_array_is_allocated_for_bf16_logits(monkeypatch):
+    """The point of the blocks: besides the bf16 logits and their bf16 gradient, nothing of the
+    (tokens, vocab) size is made; fp32 work stays in one block-sized buffer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from transformer_toolkit.trainer import loss as L
+
+    N, V = 64, 500
+    monkeypatch.setattr(L, "BLOCK_ELEMENTS", {"cpu": 8 * V})
+    sizes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    sizes.append((t.dtype, t.numel()))
+            return out
+
+    logits = torch.randn(N, V, dtype=torch.bfloat16, requires_grad=True)
+    with Record():
+        cross_entropy_sum(logits, torch.randint(0, V, (N,))).backward()
+    big_fp32 = [n for dt, n in sizes if dt == torch.float32 and n > 8 * V]
+    assert big_fp32 == [], big_fp32
+    assert logits.grad.dtype == torch.bfloat16 and logits.grad.shape == (N, V)
