@@ -123,21 +123,13 @@ def _one_query(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: floa
     512 cached keys it costs over 200 us per layer, more than the layer's weights take to
     stream, and torch.compile cannot fuse into it. Here the ``G = H / KV`` query heads that
     share a key head form the rows of one ``(G, d) @ (d, S)`` product, so grouped keys are never
-    repeated. Measured on the README's Shakespeare shape, 256 new tokens at batch 1: compiled
-    bf16 decoding 1.23x faster than with the fused kernel; fp32 and eager decoding unchanged
-    (within noise), so eager steps keep the fused kernel.
+    repeated (``_matmul_attention`` with one query row per head, in float32). Measured on the
+    README's Shakespeare shape, 256 new tokens at batch 1: compiled bf16 decoding 1.23x faster
+    than with the fused kernel; fp32 and eager decoding unchanged (within noise), so eager steps
+    keep the fused kernel.
     ``mask``: None, bool ``(..., 1, S)`` (True = attend) or additive, broadcastable to
     ``(B, H, 1, S)``."""
-    B, H, _, d = q.shape
-    KV, S = k.shape[1], k.shape[2]
-    G = H // KV
-    scores = q.float().reshape(B, KV, G, d) @ k.float().transpose(-1, -2)  # (B, KV, G, S)
-    scores = scores * (scale if scale is not None else d ** -0.5)
-    if mask is not None:
-        mask = mask.expand(B, H, 1, S).reshape(B, KV, G, S)
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    out = scores.softmax(dim=-1) @ v.float()  # (B, KV, G, dv)
-    return out.view(B, H, 1, v.shape[-1]).to(q.dtype)
+    return _matmul_attention(q.float(), k.float(), v.float(), mask, False, scale, 0.0).to(q.dtype)
 
 
 def _sdpa(q, k, v, mask, is_causal, scale, dropout_p) -> Tensor:
