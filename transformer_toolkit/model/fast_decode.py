@@ -10,6 +10,9 @@ memory bandwidth (measured on this project's 2-core AVX-512 machines: 8-13 GB/s 
   ``in < out`` each slice is stored transposed and contiguous, ``(n, in, out/n)``, the faster
   layout for short rows; otherwise it is a zero-copy view of the weight.
 - bf16: oneDNN's prepacked weight (``torch.ops.mkldnn``), 2-3x the default kernel.
+- Sibling linears that read the same input (q/k/v, gate/up) are stacked into one weight and
+  computed by one product (``_FastLinears``): at batch 1 a step pays per kernel call as well as
+  per weight byte.
 
 ``decode_weights(model)`` builds these copies (one extra copy of the linear weights, so it is
 skipped for models whose linear weights exceed ``MAX_BYTES``) and keeps them, outside the model,
@@ -48,41 +51,100 @@ def _pack(weight: Tensor) -> Tensor | None:
         return None
 
 
-class _FastLinear:
-    """The replacement ``forward`` of one ``nn.Linear`` while decode weights are active."""
+class _Layout:
+    """``x @ weight.T + bias`` for inputs of a few rows, with the weight laid out for it."""
 
-    def __init__(self, linear: nn.Linear):
-        self.linear = linear
-        w = linear.weight.detach()
-        out, inp = w.shape
-        self.dtype, self.stamp = w.dtype, _stamp(w)
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        out, inp = weight.shape
+        self.out, self.bias = out, bias
         self.slices = self.packed = None
         n = torch.get_num_threads()
-        if w.dtype == torch.float32 and out % n == 0:
-            s = w.view(n, out // n, inp).transpose(1, 2)  # (n, in, out/n)
+        if weight.dtype == torch.float32 and out % n == 0:
+            s = weight.view(n, out // n, inp).transpose(1, 2)  # (n, in, out/n)
             self.slices = s.contiguous() if inp < out else s
         else:
-            self.packed = _pack(w)
+            self.packed = _pack(weight)
             if self.packed is None:
-                self.slices = w.t().unsqueeze(0)  # (1, in, out): one slice
+                self.slices = weight.t().unsqueeze(0)  # (1, in, out): one slice
 
     def __call__(self, x: Tensor) -> Tensor:
-        lin = self.linear
-        if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu")
-                or torch.is_grad_enabled() or _stamp(lin.weight) != self.stamp):
-            # not a decode step, or the weights changed since the layout was built (e.g. a
-            # half-consumed stream() left the layout installed while training went on)
-            return F.linear(x, lin.weight, lin.bias)
         if self.slices is None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, lin.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         rows = x.reshape(-1, x.shape[-1])  # (M, in)
         n = self.slices.shape[0]
         y = torch.bmm(rows.expand(n, *rows.shape), self.slices)  # (n, M, out/n): the slices on all cores
         if rows.shape[0] == 1:
-            y = y.view(*x.shape[:-1], lin.out_features)
+            y = y.view(*x.shape[:-1], self.out)
         else:
-            y = y.transpose(0, 1).reshape(*x.shape[:-1], lin.out_features)
-        return y if lin.bias is None else y + lin.bias
+            y = y.transpose(0, 1).reshape(*x.shape[:-1], self.out)
+        return y if self.bias is None else y + self.bias
+
+
+class _FastLinears:
+    """The replacement ``forward`` of one ``nn.Linear``, or of a group of sibling linears that
+    read the same input (an attention's q/k/v, a gated FFN's gate/up; see ``SIBLINGS``).
+
+    A group multiplies by its stacked weights: the first member called computes every member's
+    output in one product and keeps the others' until they are called with the same input
+    tensor. At batch 1 a decode step is bound by per-kernel overhead as much as by the weight
+    reads, and the stacked product halves the linear calls (Shakespeare shape: 43 to 25 per
+    token). A member called with any other input, or again before its siblings, computes afresh,
+    so the result never depends on the call order.
+    """
+
+    def __init__(self, linears: list[nn.Linear]):
+        self.linears = linears
+        ws = [lin.weight.detach() for lin in linears]
+        self.dtype, self.stamps = ws[0].dtype, [_stamp(w) for w in ws]
+        biases = [lin.bias for lin in linears]
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self.layout = _Layout(ws[0] if len(ws) == 1 else torch.cat(ws), bias)
+        self.sizes = [lin.out_features for lin in linears]
+        self.input, self.outputs, self.pending = None, None, set()
+
+    def forward(self, i: int):
+        """The forward of member ``i``."""
+        return lambda x: self(i, x)
+
+    def __call__(self, i: int, x: Tensor) -> Tensor:
+        lin = self.linears[i]
+        if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu")
+                or torch.is_grad_enabled() or [_stamp(m.weight) for m in self.linears] != self.stamps):
+            # not a decode step, or the weights changed since the layout was built (e.g. a
+            # half-consumed stream() left the layout installed while training went on)
+            return F.linear(x, lin.weight, lin.bias)
+        if len(self.linears) == 1:
+            return self.layout(x)
+        if x is not self.input or i not in self.pending:
+            self.input, self.pending = x, set(range(len(self.linears)))
+            self.outputs = self.layout(x).split(self.sizes, dim=-1)
+        self.pending.discard(i)
+        y = self.outputs[i]
+        if not self.pending:  # every member served: hold no tensors between steps
+            self.input = self.outputs = None
+        return y
+
+
+# Sibling linears that read the same input, by attribute name within one module, first match
+# first: attention (mha/gqa/mqa/flash), gated FFNs (and MoE shared experts), MLA's projections.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("q_proj", "kv_a_proj"),
+            ("q_a_proj", "kv_a_proj"))
+
+
+def _groups(model: nn.Module, linears: list[nn.Linear]) -> list[list[nn.Linear]]:
+    """``linears`` in ``_FastLinears`` groups: the siblings of ``SIBLINGS`` together where their
+    input width, dtype and use of a bias agree, every other linear alone."""
+    eligible = {id(m) for m in linears}
+    groups, grouped = [], set()
+    for module in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(module, n, None) for n in names]
+            if (all(id(m) in eligible and id(m) not in grouped for m in members)
+                    and len({(m.in_features, m.weight.dtype, m.bias is None) for m in members}) == 1):
+                groups.append(members)
+                grouped.update(id(m) for m in members)
+                break
+    return groups + [[m] for m in linears if id(m) not in grouped]
 
 
 def _eligible(model: nn.Module) -> list[nn.Linear]:
@@ -101,12 +163,12 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinear]:
+def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinears]:
     plan = _PLANS.get(model)
-    if plan is None or len(plan) != len(linears) or any(
-            f.linear is not m or f.stamp != _stamp(m.weight) for f, m in zip(plan, linears, strict=True)):
+    if plan is None or sorted(id(m) for g in plan for m in g.linears) != sorted(map(id, linears)) or any(
+            _stamp(m.weight) != s for g in plan for m, s in zip(g.linears, g.stamps, strict=True)):
         with torch.no_grad():
-            plan = [_FastLinear(m) for m in linears]
+            plan = [_FastLinears(group) for group in _groups(model, linears)]
         _PLANS[model] = plan
     return plan
 
@@ -126,8 +188,9 @@ def _forwards(linears: list[nn.Linear], forwards: list):
 def decode_weights(model: nn.Module):
     """Within the block, small-batch ``nn.Linear`` calls of an eval-mode CPU model use
     decode-friendly copies of the weights (see the module docstring). Elsewhere a no-op."""
-    linears = _eligible(model)
-    return _forwards(linears, _plan(model, linears))
+    plan = _plan(model, _eligible(model))
+    linears = [m for group in plan for m in group.linears]
+    return _forwards(linears, [group.forward(i) for group in plan for i in range(len(group.linears))])
 
 
 # ---------------------------------------------------------------------------------------------
