@@ -68,6 +68,28 @@ def test_a_second_call_reuses_the_compiled_step():
     assert out.shape == (1, 16)
 
 
+def test_later_steps_run_the_compiled_graph_without_swapping_the_linears(monkeypatch):
+    model = _model(attn="gqa")
+    x = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(4))
+    eager = model.generate(x, 12, temperature=0)
+    model.generate(x, 12, temperature=0, compile=True)  # compiles this model's step
+    entered = []
+    real = generation.rowdot_linears
+
+    def counting(m):
+        entered.append(m)
+        return real(m)
+
+    monkeypatch.setattr(generation, "rowdot_linears", counting)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    out = model.generate(x, 12, temperature=0, compile=True)
+    assert torch.equal(out, eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before  # no new trace
+    # the step's first call (at its creation, guards checked) swaps them; the 11 decode steps
+    # after it replay the graph
+    assert len(entered) == (1 if generation._CAN_SKIP_GUARDS else 12)
+
+
 def test_stop_ids_and_streaming_with_compile():
     model = _model(attn="gqa")
     x = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(3))
