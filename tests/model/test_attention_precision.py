@@ -1,6 +1,7 @@
 """Which attention kernel CPU training and inference run, and in which dtype: short training
 sequences go to ``_matmul_attention`` (``attn="flash"`` excepted), the fused kernel runs the
-rest, in fp32 for short bf16 training blocks; results stay bf16-typed under autocast."""
+rest, in fp32 for short bf16 training blocks and for half-precision decode steps; results keep
+the caller's dtype."""
 
 from __future__ import annotations
 
@@ -73,8 +74,11 @@ def test_flash_never_takes_the_matmul_kernel_and_runs_short_bf16_training_in_fp3
 
 
 def test_kernel_choice_by_sequence_length(monkeypatch):
-    assert A._fp32_pays(128, 64) and not A._fp32_pays(256, 64)
-    assert A._fp32_pays(512, 32) and not A._fp32_pays(1024, 32)
+    def train_q(T, d):
+        return torch.zeros(1, 2, T, d, dtype=torch.bfloat16, requires_grad=True)
+
+    assert A._fp32_pays(train_q(128, 64)) and not A._fp32_pays(train_q(256, 64))
+    assert A._fp32_pays(train_q(512, 32)) and not A._fp32_pays(train_q(1024, 32))
     fused = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
     matmul = _spy_matmul_attention(monkeypatch)
     model = Transformer(tiny_config(dim=128, n_heads=2, max_seq=1024))  # head_dim 64
@@ -91,3 +95,32 @@ def test_kernel_choice_by_sequence_length(monkeypatch):
     matmul.clear()
     model(torch.randint(0, 97, (1, lim32 + 1)))
     assert matmul == [] and set(fused) == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attn", ["gqa", "flash", "mla"])
+def test_half_precision_decode_steps_run_the_fused_kernel_in_fp32(monkeypatch, dtype, attn):
+    fused = spy_dtypes(monkeypatch, F, "scaled_dot_product_attention")
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(attn=attn)).eval()
+    x = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        ref = model(x)[0][:, -1]  # fp32 model, full forward
+        model.to(dtype)
+        fused.clear()
+        cache = model.make_cache(2)
+        model(x[:, :6], cache=cache)
+        assert set(fused) == {dtype}  # the prompt (6 queries): the half-precision kernel
+        fused.clear()
+        step = model(x[:, 6:], cache=cache, start_pos=6)[0][:, -1]
+    assert set(fused) == {torch.float32} and step.dtype == dtype  # one query: fp32, cast back
+    torch.testing.assert_close(step.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_single_query_kernel_choice():
+    def q(T, dtype, grad=False):
+        return torch.zeros(1, 2, T, 16, dtype=dtype, requires_grad=grad)
+
+    assert A._fp32_pays(q(1, torch.bfloat16)) and A._fp32_pays(q(1, torch.float16))
+    assert not A._fp32_pays(q(1, torch.float32)) and not A._fp32_pays(q(2, torch.bfloat16))
+    assert not A._fp32_pays(q(4, torch.float16, grad=True))  # fp16 training keeps its kernel

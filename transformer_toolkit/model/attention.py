@@ -33,16 +33,27 @@ class AttnContext:
     continuing: bool = False  # this call extends a cached sequence (start > 0)
 
 
-def _fp32_pays(T: int, head_dim: int) -> bool:
-    """Whether a CPU bf16 training step should run its attention in fp32 instead.
+def _fp32_pays(q: Tensor) -> bool:
+    """Whether a CPU attention call in bf16 or fp16 should run the fused kernel in fp32 instead.
 
-    PyTorch's fused CPU attention backward is slow in bf16 for short blocks and catches up with
-    length. Measured on 2 cores, whole training steps, bf16 autocast: at T=128 (head_dim 64)
-    fp32 attention gives 1.06x the step's tokens/s; at 256 the two are even (GQA) or bf16 is
-    1.05x (MHA); at 512 bf16 is 1.03-1.09x and at 1024 1.03x. With head_dim 32 the fp32 kernel
-    is the faster up to T=512 (attention alone, forward + backward: bf16 at 0.80x, 0.97x of its
-    speed at T=256, 512, and 1.25x at 1024)."""
-    return T <= (512 if head_dim <= 32 else 128)
+    - One query per row (a decode step): PyTorch's fused CPU kernel is slow for a single
+      half-precision query, and the fp32 kernel on upcast inputs is faster at every cache length.
+      Measured on 2 cores, one layer (6 heads / 3 kv heads of 64), 272 cached keys: bf16 99 us
+      against 36 us in fp32 at batch 1, 749 against 144 us at batch 8 (fp16 288 against 47 us);
+      even at 16 keys. From 4 queries on, the half-precision kernel is the faster again.
+    - Training of short sequences in bf16 (the fused kernel's bf16 backward is the slower for
+      short blocks and catches up with length; reached only where ``_matmul_attention`` does not
+      run, e.g. ``attn="flash"``). Measured on 2 cores, whole training steps, bf16 autocast: at
+      T=128 (head_dim 64) fp32 attention gives 1.06x the step's tokens/s; at 256 the two are
+      even (GQA) or bf16 is 1.05x (MHA); at 512 bf16 is 1.03-1.09x and at 1024 1.03x. With
+      head_dim 32 the fp32 kernel is the faster up to T=512 (attention alone, forward +
+      backward: bf16 at 0.80x, 0.97x of its speed at T=256, 512, and 1.25x at 1024).
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if q.shape[2] == 1:
+        return True
+    return q.dtype == torch.bfloat16 and q.requires_grad and q.shape[2] <= (512 if q.shape[3] <= 32 else 128)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float = 0.0,
@@ -53,8 +64,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float =
 
     - CPU training of short sequences (``_matmul_pays``) runs ``_matmul_attention``: two
       batched matmuls around a softmax, about 2x faster than PyTorch's fused CPU kernel there;
-    - otherwise CPU bf16 training of short sequences runs the fused kernel in fp32
-      (``_fp32_pays``): its bf16 backward is the slower one there;
+    - otherwise CPU decode steps in bf16/fp16 and CPU bf16 training of short sequences run the
+      fused kernel in fp32 (``_fp32_pays``): its half-precision kernel is the slower there;
     - everything else goes to ``F.scaled_dot_product_attention`` as it is.
 
     ``fused_only`` (``attn="flash"``) skips the first choice, so only fused kernels run.
@@ -63,7 +74,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttnContext, dropout_p: float =
         return _one_query(q, k, v, ctx.mask, scale)
     if not fused_only and _matmul_pays(q, k, v):
         return _matmul_attention(q, k, v, ctx.mask, ctx.is_causal, scale, dropout_p)
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and _fp32_pays(q.shape[2], q.shape[3]):
+    if _fp32_pays(q):
         mask = ctx.mask if ctx.mask is None or ctx.mask.dtype == torch.bool else ctx.mask.float()
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
             y = _sdpa(q.float(), k.float(), v.float(), mask, ctx.is_causal, scale, dropout_p)
