@@ -107,17 +107,21 @@ class _FastLinears:
         return lambda x: self(i, x)
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
+        if x is self.input and i in self.pending and not torch.is_grad_enabled():
+            return self._take(i)  # a sibling's call computed it from this very input just now
         lin = self.linears[i]
-        if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_autocast_enabled("cpu")
-                or torch.is_grad_enabled() or [_stamp(m.weight) for m in self.linears] != self.stamps):
+        if (x.dtype != self.dtype or x.shape[:-1].numel() > MAX_ROWS or torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu") or [_stamp(m.weight) for m in self.linears] != self.stamps):
             # not a decode step, or the weights changed since the layout was built (e.g. a
             # half-consumed stream() left the layout installed while training went on)
             return F.linear(x, lin.weight, lin.bias)
         if len(self.linears) == 1:
             return self.layout(x)
-        if x is not self.input or i not in self.pending:
-            self.input, self.pending = x, set(range(len(self.linears)))
-            self.outputs = self.layout(x).split(self.sizes, dim=-1)
+        self.input, self.pending = x, set(range(len(self.linears)))
+        self.outputs = self.layout(x).split(self.sizes, dim=-1)
+        return self._take(i)
+
+    def _take(self, i: int) -> Tensor:
         self.pending.discard(i)
         y = self.outputs[i]
         if not self.pending:  # every member served: hold no tensors between steps
