@@ -263,9 +263,10 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
     row has stopped. A 1-D ``tokens`` gives a 1-D result. The model is put in eval mode for the
     call and restored afterwards.
 
-    ``compile=True`` decodes with a step compiled by torch.compile (``CompiledStep``): 1.5-2x
-    faster per token on CPU, after a one-time compile of 10-20 s per batch size and cache
-    length. Worth it for long or repeated generation, not for one short reply.
+    ``compile=True`` decodes with a step compiled by torch.compile (``CompiledStep``): about 2x
+    faster per token on CPU at batch 1 (slower than eager at batch 8), after a one-time compile
+    of 10-20 s per batch size and cache length. Worth it for long or repeated generation, not
+    for one short reply.
     """
     batch, squeeze = _as_batch(tokens)
     result = batch.to(torch.long)
