@@ -9,6 +9,8 @@ trains like eager; a Trainer run on the GPU resumes exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from model_helpers import ATTN_X_POS, tiny_config
@@ -139,7 +141,9 @@ def test_compiled_training_matches_eager():
         torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-3, msg=n)
 
 
-def test_trainer_bf16_run_on_gpu_resumes_exactly(tmp_path):
+def test_trainer_bf16_run_on_gpu_resumes_exactly(tmp_path, monkeypatch):
+    # tests/trainer is on sys.path only once pytest has collected a test there; `pytest tests/gpu` does not
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "trainer"))
     from trainer_helpers import VOCAB, loaders, make_cfg, tiny_model
 
     from transformer_toolkit.trainer import Trainer
