@@ -5,6 +5,7 @@ Run (from the repository root)::
     python bench/bench_decode.py                 # ~6 min on 2 cores (compiles included)
     python bench/bench_decode.py --quick         # a tiny model: a smoke run of about a minute
     python bench/bench_decode.py --batches 1 --dtypes bf16
+    python bench/bench_decode.py --shape smollm2 --batches 1   # SmolLM2-135M's shape, random weights
 
 The model is the README's Shakespeare shape (dim 384, 6 layers, 6 heads / 3 kv heads, SwiGLU
 1536, vocab 8000, rope), with the same weights on both sides (``LlamaForCausalLM``, SDPA). Each
@@ -42,6 +43,8 @@ from transformer_toolkit.model import Transformer, TransformerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = dict(vocab_size=8000, dim=384, n_layers=6, n_heads=6, n_kv_heads=3, hidden_dim=1536, max_seq=512)
+# SmolLM2-135M's shape (30 layers of width 576, 9 heads / 3 kv heads, vocab 49152), random weights
+SMOLLM2_SHAPE = dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536, max_seq=512)
 QUICK_SHAPE = dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq=128)
 
 
@@ -102,9 +105,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5; 2 with --quick)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="tiny model: a smoke run")
+    ap.add_argument("--shape", choices=["shakespeare", "smollm2"], default="shakespeare",
+                    help="smollm2: SmolLM2-135M's shape (random weights); writes decode_smollm2_latest.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    shape = QUICK_SHAPE if args.quick else SHAPE
+    shape = QUICK_SHAPE if args.quick else SMOLLM2_SHAPE if args.shape == "smollm2" else SHAPE
     new = args.new or (32 if args.quick else 256)
     rounds = args.rounds or (2 if args.quick else 5)
     torch.manual_seed(0)
@@ -142,7 +147,8 @@ def main() -> None:
             print(f"{'':<12}tokens equal to ours: {same}")
     report["elapsed_s"] = time.perf_counter() - start
     RESULTS.mkdir(exist_ok=True)
-    name = "decode_quick.json" if args.quick else "decode_latest.json"
+    name = "decode_quick.json" if args.quick else "decode_smollm2_latest.json" if args.shape == "smollm2" \
+        else "decode_latest.json"
     (RESULTS / name).write_text(json.dumps(report, indent=1))
     print(f"wrote {RESULTS / name} ({report['elapsed_s']:.0f} s)")
 
