@@ -90,6 +90,20 @@ def test_later_steps_run_the_compiled_graph_without_swapping_the_linears(monkeyp
     assert len(entered) == (1 if generation._CAN_SKIP_GUARDS else 12)
 
 
+def test_prompt_cache_with_a_compiled_step():
+    """The compiled step writes slot 0 when it is created: the reused prefix is copied in after."""
+    model = _model(attn="gqa", init_std=0.1, tie_weights=False)  # logits that a wrong key would move
+    with torch.no_grad():
+        model.head.weight.mul_(10.0)
+    pc = generation.PromptCache()
+    x = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(5))
+    first = model.generate(x, 6, temperature=0, compile=True, prompt_cache=pc)
+    turn = torch.cat([first, torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(6))], dim=1)
+    second = model.generate(turn, 8, temperature=0, compile=True, prompt_cache=pc)
+    assert pc.reused == 10
+    assert torch.equal(second, model.generate(turn, 8, temperature=0))
+
+
 def test_stop_ids_and_streaming_with_compile():
     model = _model(attn="gqa")
     x = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(3))

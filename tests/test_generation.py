@@ -197,6 +197,24 @@ def test_chunked_cache_equals_full_forward(attn, pos):
         torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
 
+def test_logits_to_keep_gives_the_last_positions_and_prefill_uses_only_the_last():
+    model = make_model(attn="gqa")
+    x = prompt(2, 12)
+    with torch.no_grad():
+        full, _ = model(x)
+        for n in (1, 5, 12):
+            torch.testing.assert_close(model(x, logits_to_keep=n)[0], full[:, -n:], atol=1e-5, rtol=0)
+        cache = model.make_cache(2)
+        part, _ = model(x, cache=cache, start_pos=0, logits_to_keep=3)
+        torch.testing.assert_close(part, full[:, -3:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0"):
+        model(x, logits_to_keep=-1)
+    head_rows = []
+    model.head.register_forward_hook(lambda mod, inp, out: head_rows.append(inp[0].shape[1]))
+    model.generate(x, 3, temperature=0)
+    assert head_rows == [1, 1, 1]  # the 12-token prefill computes one row of logits, like each step
+
+
 # shapes and contract -------------------------------------------------------------------------
 
 def test_output_length_and_prompt_preserved():
@@ -509,3 +527,118 @@ def test_complete_keeps_the_prompt_text_and_starts_with_an_allowed_token():
     plain = model.generate(torch.tensor(tok.encode("def name")), max_new=6, temperature=0)
     assert complete(model, tok, "def name", max_new=6, temperature=0) == tok.decode(plain.tolist(),
                                                                                    skip_special_tokens=True)
+
+
+# prompt cache (a chat's next turn prefills only what is new) ---------------------------------
+
+def _spy_prefills(model) -> list[tuple[int, int]]:
+    """Record ``(start_pos, length)`` of every multi-token forward with a cache (the prefills)."""
+    seen, real = [], model.forward
+
+    def forward(tokens, cache=None, start_pos=0, **kw):
+        if cache is not None and tokens.shape[1] > 1:
+            seen.append((int(start_pos), tokens.shape[1]))
+        return real(tokens, cache=cache, start_pos=start_pos, **kw)
+
+    model.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("attn,pos", ATTN_X_POS)
+def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(attn, pos):
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn=attn, pos_enc=pos)
+    pc = PromptCache()
+    prefills = _spy_prefills(model)
+    x = prompt(1, 5)
+    first = model.generate(x, 6, temperature=0, prompt_cache=pc)
+    assert prefills == [(0, 5)] and pc.reused == 0
+    # the cache holds the prompt and every new token but the last (which was never fed)
+    assert torch.equal(pc.ids, first[:, :10])
+    turn = torch.cat([first, prompt(1, 4, seed=2)], dim=1)  # the conversation goes on: 15 tokens
+    second = model.generate(turn, 8, temperature=0, prompt_cache=pc)
+    assert pc.reused == 10 and prefills[1] == (10, 5)
+    assert_same_tokens(second, model.generate(turn, 8, temperature=0), f"{attn}/{pos}")
+    assert_same_tokens(second, greedy_reference(model, turn, 8), f"{attn}/{pos} reference")
+
+
+def test_prompt_cache_reuses_only_the_shared_prefix():
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn="gqa")
+    pc = PromptCache()
+    x = prompt(2, 12)
+    model.generate(x, 3, temperature=0, prompt_cache=pc)
+    edited = x.clone()
+    edited[1, 7] = (edited[1, 7] + 1) % 97  # one row differs from position 7: both rows refill from there
+    got = model.generate(edited, 5, temperature=0, prompt_cache=pc)
+    assert pc.reused == 7
+    assert_same_tokens(got, greedy_reference(model, edited, 5), "edited prompt")
+    again = model.generate(edited, 5, temperature=0, prompt_cache=pc)  # same prompt: all but its last token
+    assert pc.reused == 11 and torch.equal(again, got)
+    shorter = model.generate(edited[:, :4], 5, temperature=0, prompt_cache=pc)
+    assert pc.reused == 3
+    assert_same_tokens(shorter, greedy_reference(model, edited[:, :4], 5), "shorter prompt")
+
+
+def test_prompt_cache_is_not_used_after_the_weights_or_the_batch_change():
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn="gqa")
+    pc = PromptCache()
+    x = prompt(1, 8)
+    out = model.generate(x, 4, temperature=0, prompt_cache=pc)
+    with torch.no_grad():
+        model.blocks[0].attn.o_proj.weight.mul_(-1.0)  # an in-place update, as an optimiser step
+    got = model.generate(out, 4, temperature=0, prompt_cache=pc)
+    assert pc.reused == 0
+    assert_same_tokens(got, greedy_reference(model, out, 4), "after a weight update")
+    model.load_state_dict(make_model(attn="gqa", init_std=0.07).state_dict())
+    got = model.generate(out, 4, temperature=0, prompt_cache=pc)
+    assert pc.reused == 0
+    assert_same_tokens(got, greedy_reference(model, out, 4), "after load_state_dict")
+    model.generate(out.expand(2, -1), 2, temperature=0, prompt_cache=pc)  # another batch size
+    assert pc.reused == 0
+    model.double()  # another dtype
+    model.generate(out.expand(2, -1), 2, temperature=0, prompt_cache=pc)
+    assert pc.reused == 0
+    pc.clear()
+    assert len(pc) == 0 and pc.cache is None
+
+
+def test_prompt_cache_after_a_stopped_stream_and_a_slid_window():
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn="gqa")
+    pc = PromptCache()
+    x = prompt(1, 6)
+    taken = []
+    for tok in model.stream(x, 20, temperature=0, prompt_cache=pc):
+        taken.append(int(tok))
+        if len(taken) == 3:
+            break  # the caller stops reading: the cache still says exactly what it holds
+    assert torch.equal(pc.ids[0], torch.cat([x[0], torch.tensor(taken[:2])]))
+    turn = torch.cat([x[0], torch.tensor(taken), prompt(1, 3, seed=3)[0]])
+    got = model.generate(turn, 6, temperature=0, prompt_cache=pc)
+    assert pc.reused == 8
+    assert_same_tokens(got[None], greedy_reference(model, turn[None], 6), "after a stopped stream")
+    # a reply past max_seq slides the window: the cache then holds a later slice with fresh
+    # positions, which a prompt from position 0 does not match
+    long = model.generate(turn, 40, temperature=0, prompt_cache=pc)
+    assert len(pc) <= MAX_SEQ and not torch.equal(pc.ids[0], long[:len(pc)])
+    got = model.generate(long[:20], 4, temperature=0, prompt_cache=pc)
+    assert_same_tokens(got[None], greedy_reference(model, long[None, :20], 4), "after a slide")
+
+
+def test_prompt_cache_is_not_used_by_expert_choice_moe():
+    """Expert choice routes a prefill over all its tokens, so a prefill of the new tokens alone
+    would route differently than the full prompt: the cache is left unused."""
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn="gqa", ffn="moe_ec")
+    pc = PromptCache()
+    out = model.generate(prompt(1, 6), 4, temperature=0, prompt_cache=pc)
+    turn = torch.cat([out, prompt(1, 3, seed=4)], dim=1)
+    got = model.generate(turn, 4, temperature=0, prompt_cache=pc)
+    assert pc.reused == 0 and torch.equal(got, model.generate(turn, 4, temperature=0))

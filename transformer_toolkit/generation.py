@@ -68,10 +68,68 @@ def _check_args(model, tokens: Tensor, max_new: int, temperature: float, top_k, 
         raise ValueError(f"token ids must be in [0, {vocab}); got min {int(tokens.min())}, max {int(tokens.max())}")
 
 
+class PromptCache:
+    """The KV cache of one ``generate``/``stream`` call, kept for the next call.
+
+    A chat renders the whole conversation again every turn, so each prompt starts with the
+    previous prompt and reply. Pass the same ``PromptCache`` to successive calls and each one
+    prefills only the tokens after the longest prefix it shares with what the cache already
+    holds: the conversation's earlier turns are not recomputed (``ChatSession`` does this).
+    The result is the same as without it (a chunked prefill equals the full one); the cache is
+    not used when the model's weights, dtype or device changed since it was filled, when the
+    batch size differs, or for ``moe_ec`` models (expert choice routes over the whole prompt).
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget what is cached (the next call prefills its whole prompt)."""
+        self.cache: list | None = None
+        self.ids: Tensor | None = None  # (B, n) the tokens at cache positions 0..n-1
+        self.weights: tuple = ()
+        self.reused = 0  # prompt tokens the last call took from the cache
+
+    def __len__(self) -> int:
+        return 0 if self.ids is None else self.ids.shape[1]
+
+    def _hold(self, weights: tuple, cache: list, ids: Tensor) -> None:
+        self.cache, self.ids, self.weights = cache, ids, weights
+
+    def _prefix(self, model, weights: tuple, window: Tensor, cache: list) -> int:
+        """How many leading tokens of ``window`` (B, T) can be copied into ``cache`` from the
+        held one: at most T - 1, so at least one token is prefilled and gives logits."""
+        if self.cache is None or model.cfg.ffn == "moe_ec" or self.ids.shape[0] != window.shape[0]:
+            return 0
+        if len(self.cache) != len(cache) or self.weights != weights:
+            return 0
+        for old_layer, new_layer in zip(self.cache, cache, strict=True):
+            for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
+                if (old.shape[:-2], old.shape[-1], old.dtype, old.device) != \
+                        (new.shape[:-2], new.shape[-1], new.dtype, new.device):
+                    return 0
+        n = min(self.ids.shape[1], window.shape[1] - 1)
+        if n <= 0:
+            return 0
+        same = (self.ids[:, :n] == window[:, :n]).all(dim=0)
+        return n if bool(same.all()) else int(same.to(torch.int8).argmin())
+
+    def _copy_into(self, cache: list, n: int) -> None:
+        for old_layer, new_layer in zip(self.cache, cache, strict=True):
+            for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
+                new[..., :n, :] = old[..., :n, :]
+
+
+def _weights_key(model) -> tuple:
+    """Changes whenever a parameter is replaced or updated in place (optimiser steps,
+    ``load_state_dict``, ``.to()``): its storage or its version counter moves."""
+    return (id(model),) + tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
 @torch.inference_mode()
 def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
          stop_ids: Iterable[int] | None, pad_id: int | None, generator,
-         compile: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+         compile: bool = False, prompt_cache: PromptCache | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields ``(out, new)`` after each step: the whole buffer and the ``(B,)`` new tokens."""
     _check_args(model, tokens, max_new, temperature, top_k, top_p)
     B, T0 = tokens.shape
@@ -83,7 +141,8 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
         return
 
     with nullcontext() if compile else decode_weights(model):  # a compiled step has its own linears
-        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator, compile)
+        yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator, compile,
+                                prompt_cache)
 
 
 class GraphStep:
@@ -211,7 +270,8 @@ CUDA_GRAPHS = False
 
 
 def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, top_k, top_p,
-                 stops: Tensor, pad: int | None, generator, compile: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+                 stops: Tensor, pad: int | None, generator, compile: bool = False,
+                 prompt_cache: PromptCache | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     B, max_seq = out.shape[0], model.cfg.max_seq
     keep = max(1, max_seq // 2)
     done = torch.zeros(B, dtype=torch.bool, device=out.device)
@@ -225,9 +285,19 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
     else:
         cache = model.make_cache(B, max_len=needed, device=out.device)
         graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
-    logits, _ = model(out[:, win:T0], cache=cache, start_pos=0)  # prefill
-    n_ctx, cur = T0 - win, T0
+    reused, weights = 0, ()
+    if prompt_cache is not None:  # after the step's creation, which writes slot 0
+        weights = _weights_key(model)
+        reused = prompt_cache._prefix(model, weights, out[:, win:T0], cache)
+        if reused:
+            prompt_cache._copy_into(cache, reused)
+        prompt_cache.clear()
+        prompt_cache.reused = reused
+    logits, _ = model(out[:, win + reused:T0], cache=cache, start_pos=reused, logits_to_keep=1)  # prefill
+    n_ctx, cur, base = T0 - win, T0, win  # the cache holds out[:, base:base + n_ctx]
     for step in range(max_new):
+        if prompt_cache is not None:  # kept up to date: the caller may stop the stream at any token
+            prompt_cache._hold(weights, cache, out[:, base:base + n_ctx])
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         if len(stops):
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -238,8 +308,8 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
         if step == max_new - 1 or (len(stops) and bool(done.all())):
             return
         if n_ctx == max_seq:  # window full: slide and rebuild the cache from the kept tokens
-            logits, _ = model(out[:, cur - keep:cur], cache=cache, start_pos=0)
-            n_ctx = keep
+            logits, _ = model(out[:, cur - keep:cur], cache=cache, start_pos=0, logits_to_keep=1)
+            n_ctx, base = keep, cur - keep
         elif graph is not None:
             logits = graph(nxt[:, None], n_ctx)
             n_ctx += 1
@@ -256,7 +326,8 @@ def _as_batch(tokens) -> tuple[Tensor, bool]:
 
 def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_ids: Iterable[int] | None = None, pad_id: int | None = None,
-             generator: torch.Generator | None = None, compile: bool = False) -> Tensor:
+             generator: torch.Generator | None = None, compile: bool = False,
+             prompt_cache: PromptCache | None = None) -> Tensor:
     """Return ``tokens`` followed by ``max_new`` sampled tokens, ``(B, T + max_new)``.
 
     ``stop_ids`` (e.g. EOS and end-of-turn ids): a row that samples one keeps it and is then
@@ -268,6 +339,9 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
     faster per token on CPU at batch 1 (slower than eager at batch 8), after a one-time compile
     of 10-20 s per batch size and cache length. Worth it for long or repeated generation, not
     for one short reply.
+
+    ``prompt_cache`` (a ``PromptCache``, reused across calls): prefill only the part of
+    ``tokens`` after the prefix the previous call already cached, as a chat's next turn.
     """
     batch, squeeze = _as_batch(tokens)
     result = batch.to(torch.long)
@@ -275,7 +349,7 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
     model.eval()
     try:
         for buffer, _ in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator,
-                              compile):
+                              compile, prompt_cache):
             result = buffer
     finally:
         model.train(was_training)
@@ -285,14 +359,16 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
 
 def stream(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, stop_ids: Iterable[int] | None = None, pad_id: int | None = None,
-           generator: torch.Generator | None = None, compile: bool = False) -> Iterator[Tensor]:
+           generator: torch.Generator | None = None, compile: bool = False,
+           prompt_cache: PromptCache | None = None) -> Iterator[Tensor]:
     """Yield each new token as it is sampled: a ``(B,)`` tensor (a 0-dim tensor for 1-D input).
-    ``compile`` as in ``generate``."""
+    ``compile`` and ``prompt_cache`` as in ``generate``."""
     batch, squeeze = _as_batch(tokens)
     was_training = model.training
     model.eval()
     try:
-        for _, new in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile):
+        for _, new in _run(model, batch, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
+                           prompt_cache):
             yield new[0].clone() if squeeze else new.clone()
     finally:
         model.train(was_training)

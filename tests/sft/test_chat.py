@@ -16,7 +16,7 @@ class Scripted(Transformer):
         super().__init__(tiny_config(**kw))
         self.script, self.calls, self.inputs = list(script), 0, []
 
-    def forward(self, tokens, cache=None, start_pos=0, doc_ids=None):
+    def forward(self, tokens, cache=None, start_pos=0, doc_ids=None, logits_to_keep=0):
         self.inputs.append(tokens.clone())
         nxt = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
@@ -47,10 +47,16 @@ def test_stops_at_the_closer_and_keeps_history():
     assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "add"}]
     model.calls, model.inputs = 0, []
     assert chat.ask("again", temperature=0) == "add"
-    last_prompt = tok.decode(model.inputs[0][0].tolist())  # the prefill of the second turn
+    # the second turn's prompt: the tokens taken from the first turn's cache, then its prefill
+    prefill = model.inputs[0][0]
+    reused = chat.prompt_cache.reused
+    last_prompt = tok.decode(chat.prompt_cache.ids[0, :reused].tolist() + prefill.tolist())
     assert "hello" in last_prompt and "again" in last_prompt and last_prompt.count("add") == 1
+    # only what follows the first turn's prompt and reply went through the model again
+    assert reused > 0 and tok.decode(prefill.tolist()).startswith("<|eot_id|>") and "hello" not in tok.decode(
+        prefill.tolist())
     chat.reset()
-    assert chat.history == []
+    assert chat.history == [] and len(chat.prompt_cache) == 0
 
 
 def test_byte_level_closer_spelled_in_pieces():
@@ -94,3 +100,21 @@ def test_long_history_drops_whole_exchanges_and_keeps_the_system_prompt():
         [{"role": "system", "content": "Be brief."}, *chat.history[-2 * (n_kept + 1):],
          {"role": "user", "content": "reverse"}], add_generation_prompt=True)
     assert len(tok.encode(longer)) > 96 - room
+
+
+def test_each_turn_prefills_only_the_new_question_and_replies_as_a_fresh_prefill_would():
+    tok = small_bpe()
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(vocab_size=tok.vocab_size, max_seq=256, init_std=0.1)).eval()
+    cached = ChatSession(model, tok, template="chatml", system="Be brief.", max_new=12, temperature=0)
+    fresh = ChatSession(model, tok, template="chatml", system="Be brief.", max_new=12, temperature=0)
+    previous = []
+    for question in ("what is python", "how do i reverse a list", "add 2 3", "be brief"):
+        ids = cached.prompt_ids(cached.messages(question), room=12)
+        fresh.prompt_cache.clear()  # the reference recomputes the whole conversation
+        assert cached.ask(question) == fresh.ask(question)
+        # the previous prompt and (most of) its reply came from the cache, the rest was prefilled
+        assert len(previous) <= cached.prompt_cache.reused < len(ids)
+        previous = ids
+    replies = [m["content"] for m in cached.history if m["role"] == "assistant"]
+    assert cached.history == fresh.history and sum(map(bool, replies)) >= 2, replies

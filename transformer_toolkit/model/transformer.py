@@ -178,7 +178,8 @@ class Transformer(nn.Module):
         return AttnContext(0, rope, mask, False, False), positions
 
     def forward(self, tokens: Tensor, cache: list[LayerCache] | None = None,
-                start_pos: int | Tensor = 0, doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                start_pos: int | Tensor = 0, doc_ids: Tensor | None = None,
+                logits_to_keep: int = 0) -> tuple[Tensor, Tensor]:
         """tokens ``(B, T)`` -> ``(logits (B, T, vocab), aux_loss ())``.
 
         With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
@@ -187,6 +188,9 @@ class Transformer(nn.Module):
         shapes (CUDA graphs); it is not bounds-checked then.
         With ``doc_ids`` ``(B, T)`` (packed SFT rows), tokens attend only within their document
         and positions restart at each document (``moe_ec`` still routes over the whole row).
+        ``logits_to_keep=n`` (n > 0): logits of the last ``n`` positions only, ``(B, n, vocab)``;
+        a prefill needs only the last, and the head over every prompt position can be a fifth
+        of its work at a large vocabulary.
         """
         B, T = tokens.shape
         static = isinstance(start_pos, Tensor)
@@ -195,6 +199,8 @@ class Transformer(nn.Module):
         if not static and start_pos + T > self.cfg.max_seq:
             raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq={self.cfg.max_seq}; "
                              f"crop the input or build the model with a larger max_seq")
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
         if doc_ids is not None and (cache is not None or static or start_pos):
             raise ValueError("doc_ids (packed rows) is for training and scoring full rows, not for cached decoding")
         x = self.embed(tokens)  # (B, T, dim)
@@ -225,6 +231,8 @@ class Transformer(nn.Module):
                 n_aux += 1
             if trace is not None:
                 trace.block(i, x_in, x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         logits = self.head(self.norm(x))
         if trace is not None:
             trace.finish(logits)
@@ -242,21 +250,26 @@ class Transformer(nn.Module):
 
     def generate(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
-                 generator: torch.Generator | None = None, compile: bool = False) -> Tensor:
+                 generator: torch.Generator | None = None, compile: bool = False, prompt_cache=None) -> Tensor:
         """Sample ``max_new`` tokens after ``tokens`` ``(B, T)`` and return ``(B, T + max_new)``
         (shorter only if every row hit one of ``stop_ids``). ``compile=True``: a compiled decode
-        step (faster per token after a one-time compile). See ``transformer_toolkit.generation``."""
+        step (faster per token after a one-time compile); ``prompt_cache``: a
+        ``generation.PromptCache`` that lets the next call skip recomputing a shared prompt
+        prefix. See ``transformer_toolkit.generation``."""
         from ..generation import generate
 
-        return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile)
+        return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
+                        prompt_cache)
 
     def stream(self, tokens: Tensor, max_new: int = 100, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, stop_ids=None, pad_id: int | None = None,
-               generator: torch.Generator | None = None, compile: bool = False) -> Iterator[Tensor]:
+               generator: torch.Generator | None = None, compile: bool = False,
+               prompt_cache=None) -> Iterator[Tensor]:
         """Like ``generate`` but yields each new ``(B,)`` token tensor as soon as it is sampled."""
         from ..generation import stream
 
-        return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile)
+        return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
+                      prompt_cache)
 
     # weights and parameters ---------------------------------------------------------------
     @classmethod

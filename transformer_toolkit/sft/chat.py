@@ -9,6 +9,11 @@
 The prompt is built exactly as training rendered conversations: the template's text with the
 assistant header appended, encoded as one string, with the tokenizer's BOS id first when the
 template has one. Generation stops at the assistant closer's special token or EOS.
+
+Each turn reuses the previous turn's KV cache (``generation.PromptCache``): the conversation
+so far is re-rendered and re-encoded, but only the tokens after the prefix it shares with what
+was cached (in practice the new question and, where the reply re-encodes differently, the
+reply's tail) go through the model again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..generation import stream
+from ..generation import PromptCache, stream
 from .templates import ChatTemplate
 
 
@@ -33,10 +38,13 @@ class ChatSession:
         self.history: list[dict] = []
         # compile: decode with a compiled step (generation.generate); worth it for long sessions
         self.defaults = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, compile=compile)
+        # the last turn's KV cache: a turn prefills only what follows the earlier turns' tokens
+        self.prompt_cache = PromptCache()
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         self.history = []
+        self.prompt_cache.clear()
 
     def messages(self, prompt: str) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -92,7 +100,7 @@ class ChatSession:
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
         new: list[int] = []
         shown = ""
-        for tok in stream(self.model, ids, stop_ids=stops, **opts):
+        for tok in stream(self.model, ids, stop_ids=stops, prompt_cache=self.prompt_cache, **opts):
             t = int(tok)
             if t in stops:
                 break
