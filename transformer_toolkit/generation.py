@@ -75,7 +75,9 @@ class PromptCache:
     previous prompt and reply. Pass the same ``PromptCache`` to successive calls and each one
     prefills only the tokens after the longest prefix it shares with what the cache already
     holds: the conversation's earlier turns are not recomputed (``ChatSession`` does this).
-    The result is the same as without it (a chunked prefill equals the full one); the cache is
+    A prefill in two chunks computes the same function as one over the whole prompt: greedy
+    fp32 tokens are identical (tested for every attention and position kind); in bf16 the two
+    round differently, so near-ties can go either way, as between any two kernels. The cache is
     not used when the model's weights, dtype or device changed since it was filled, when the
     batch size differs, or for ``moe_ec`` models (expert choice routes over the whole prompt).
     """
