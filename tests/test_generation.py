@@ -642,3 +642,27 @@ def test_prompt_cache_is_not_used_by_expert_choice_moe():
     turn = torch.cat([out, prompt(1, 3, seed=4)], dim=1)
     got = model.generate(turn, 4, temperature=0, prompt_cache=pc)
     assert pc.reused == 0 and torch.equal(got, model.generate(turn, 4, temperature=0))
+
+
+def test_a_model_made_under_inference_mode_generates_without_reuse_and_warns():
+    """Inference tensors keep no version counter, so an in-place weight update could not be told
+    apart from none: decoding then uses neither the cached weight layout nor the prompt cache."""
+    from transformer_toolkit.generation import PromptCache
+    from transformer_toolkit.model import fast_decode
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = make_model(attn="gqa")
+        with torch.no_grad():
+            ref = greedy_reference(model, prompt(1, 6), 5)
+    pc = PromptCache()
+    with pytest.warns(UserWarning, match="inference tensors"):
+        out = model.generate(prompt(1, 6), 5, temperature=0, prompt_cache=pc)
+    assert torch.equal(out, ref) and not fast_decode._PLANS.get(model)  # no layout built
+    with torch.inference_mode():
+        model.head.weight.mul_(-1.0)  # an update no version counter records
+    with pytest.warns(UserWarning, match="inference tensors"):
+        out = model.generate(torch.cat([out, prompt(1, 3)], dim=1), 5, temperature=0, prompt_cache=pc)
+    assert pc.reused == 0
+    with torch.inference_mode():
+        assert torch.equal(out, greedy_reference(model, out[:, :14], 5))

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from .model.fast_decode import decode_weights, rowdot_linears
+from .model.fast_decode import decode_weights, rowdot_linears, weights_stamp
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -89,7 +89,7 @@ class PromptCache:
         """Forget what is cached (the next call prefills its whole prompt)."""
         self.cache: list | None = None
         self.ids: Tensor | None = None  # (B, n) the tokens at cache positions 0..n-1
-        self.weights: tuple = ()
+        self.weights: tuple | None = None
         self.reused = 0  # prompt tokens the last call took from the cache
 
     def __len__(self) -> int:
@@ -103,7 +103,7 @@ class PromptCache:
         held one: at most T - 1, so at least one token is prefilled and gives logits."""
         if self.cache is None or model.cfg.ffn == "moe_ec" or self.ids.shape[0] != window.shape[0]:
             return 0
-        if len(self.cache) != len(cache) or self.weights != weights:
+        if len(self.cache) != len(cache) or weights is None or self.weights != weights:
             return 0
         for old_layer, new_layer in zip(self.cache, cache, strict=True):
             for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
@@ -120,12 +120,6 @@ class PromptCache:
         for old_layer, new_layer in zip(self.cache, cache, strict=True):
             for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
                 new[..., :n, :] = old[..., :n, :]
-
-
-def _weights_key(model) -> tuple:
-    """Changes whenever a parameter is replaced or updated in place (optimiser steps,
-    ``load_state_dict``, ``.to()``): its storage or its version counter moves."""
-    return (id(model),) + tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
 
 
 @torch.inference_mode()
@@ -287,9 +281,9 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
     else:
         cache = model.make_cache(B, max_len=needed, device=out.device)
         graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
-    reused, weights = 0, ()
+    reused, weights = 0, None
     if prompt_cache is not None:  # after the step's creation, which writes slot 0
-        weights = _weights_key(model)
+        weights = weights_stamp(model)
         reused = prompt_cache._prefix(model, weights, out[:, win:T0], cache)
         if reused:
             prompt_cache._copy_into(cache, reused)
@@ -410,7 +404,7 @@ def complete(model, tokenizer, prompt: str, max_new: int = 100, temperature: flo
         model.eval()
         try:
             with torch.inference_mode():
-                logits, _ = model(x[-model.cfg.max_seq:].unsqueeze(0))
+                logits, _ = model(x[-model.cfg.max_seq:].unsqueeze(0), logits_to_keep=1)
         finally:
             model.train(was_training)
         keep = torch.full_like(logits[0, -1], float("-inf"))

@@ -27,6 +27,7 @@ float rounding (a different summation order).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from contextlib import contextmanager
 
@@ -42,6 +43,21 @@ MAX_BYTES = 2 * 1024**3
 def _stamp(weight: Tensor) -> tuple[int, int]:
     """Changes when the weight's values may have changed: new storage or an in-place update."""
     return weight.data_ptr(), weight._version
+
+
+def weights_stamp(model: nn.Module) -> tuple | None:
+    """A value that changes whenever any parameter of ``model`` is replaced or updated in place
+    (an optimiser step, ``load_state_dict``, ``.to()``); None when that cannot be told: the
+    parameters are inference tensors (made under ``torch.inference_mode()``), which keep no
+    version counter. Callers then rebuild or recompute instead of reusing (with a warning)."""
+    params = list(model.parameters())
+    if any(p.is_inference() for p in params):
+        warnings.warn("the model's parameters are inference tensors (created under torch.inference_mode()), "
+                      "whose in-place updates cannot be tracked, so decoding runs without its cached weight "
+                      "layout and prompt cache; create or load the model outside inference_mode "
+                      "(torch.no_grad() is fine) to decode faster", stacklevel=3)
+        return None
+    return (id(model),) + tuple((*_stamp(p), p.dtype) for p in params)
 
 
 def _pack(weight: Tensor) -> Tensor | None:
@@ -155,6 +171,8 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if not linears or linears[0].weight.device.type != "cpu" or model.training:
         return []
+    if any(m.weight.is_inference() for m in linears) and weights_stamp(model) is None:
+        return []  # a layout could go stale unseen
     if linears[0].weight.dtype not in (torch.float32, torch.bfloat16):
         return []
     if sum(m.weight.numel() * m.weight.element_size() for m in linears) > MAX_BYTES:
