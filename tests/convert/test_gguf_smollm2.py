@@ -104,6 +104,22 @@ def test_greedy_chat_reply_matches_transformers(real):
     assert tok.decode(ours_new) == hf_tok.decode(theirs_new)
 
 
+def test_a_chat_reuses_the_earlier_turns_and_replies_as_a_fresh_prefill_would(real):
+    """Turn two's prefill starts after turn one's prompt and reply (the prompt cache), and the
+    real model's greedy replies equal those of a session that recomputes the conversation."""
+    ours, tok = real["model"], real["tok"]
+    cached = ChatSession(ours, tok, template="chatml", system=SYSTEM, max_new=12, temperature=0)
+    fresh = ChatSession(ours, tok, template="chatml", system=SYSTEM, max_new=12, temperature=0)
+    for question in ("What is the capital of France?", "And of Italy?"):
+        before = len(cached.prompt_ids(cached.messages(question), room=12))
+        fresh.prompt_cache.clear()
+        assert cached.ask(question) == fresh.ask(question)
+    assert "Rome" in cached.history[-1]["content"]
+    # the whole first turn came from the cache; the new question (~15 tokens) was prefilled
+    first_turn = len(cached.prompt_ids(cached.messages("What is the capital of France?")[:2], room=12))
+    assert first_turn < cached.prompt_cache.reused < before
+
+
 def test_sft_steps_on_the_imported_model_reduce_loss(real, tmp_path):
     from transformer_toolkit import SFTDataConfig, SFTTrainer, TrainConfig, from_sft_strings
 
