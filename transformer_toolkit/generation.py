@@ -76,8 +76,10 @@ class PromptCache:
     prefills only the tokens after the longest prefix it shares with what the cache already
     holds: the conversation's earlier turns are not recomputed (``ChatSession`` does this).
     A prefill in two chunks computes the same function as one over the whole prompt: greedy
-    fp32 tokens are identical (tested for every attention and position kind); in bf16 the two
-    round differently, so near-ties can go either way, as between any two kernels. The cache is
+    fp32 tokens are identical (tested for every attention and position kind). In bf16 the keys
+    and values of the previous reply were computed by decode steps, whose kernels round
+    differently from a prefill's, so near-ties can go either way, as between any two kernels
+    (a bf16 prefill split in two gives the very logits of a whole one). The cache is
     not used when the model's weights, dtype or device changed since it was filled, when the
     batch size differs, or for ``moe_ec`` models (expert choice routes over the whole prompt).
     """
