@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import transformers
-from bench_core import build_hf
-from bench_decode import QUICK_SHAPE, SMOLLM2_SHAPE
+from bench_decode import QUICK_SHAPE, SMOLLM2_SHAPE, model_pairs, report_header
 from transformers.generation.streamers import BaseStreamer
 
 from transformer_toolkit.generation import PromptCache
-from transformer_toolkit.model import Transformer, TransformerConfig
+from transformer_toolkit.model import Transformer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -156,28 +154,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     shape = dict(QUICK_SHAPE if args.quick else SMOLLM2_SHAPE, max_seq=2048)
     rounds = args.rounds or (1 if args.quick else 3)
-    torch.manual_seed(0)
-    cfg = TransformerConfig(**shape, attn="gqa", ffn="swiglu", norm="rmsnorm", pos_enc="rope", bias=False,
-                            tie_weights=False, dropout=0.0)
-    base = Transformer(cfg).eval()
+    pairs = model_pairs(shape)
     start = time.perf_counter()
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "bench_chat.py " + " ".join(os.sys.argv[1:]),
-        "env": {"torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),
-                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        "settings": {"shape": shape, "turns": args.turns, "system": args.system, "question": args.question,
-                     "reply": args.reply, "rounds": rounds},
-        "results": {},
-    }
+    report = report_header("bench_chat.py", {"shape": shape, "turns": args.turns, "system": args.system,
+                                             "question": args.question, "reply": args.reply, "rounds": rounds})
     print(f"chat of {args.turns} turns ({args.system}-token system prompt, {args.question}-token questions, "
           f"{args.reply}-token replies); shape {shape}; {torch.get_num_threads()} threads; median of {rounds} rounds")
     print(f"{'case':<12}{'side':<12}{'total s':>9}{'vs hf':>7}{'last TTFT ms':>14}{'vs hf':>7}{'same replies':>14}")
     for dtype in args.dtypes:
-        ours = base if dtype == "fp32" else Transformer(cfg).eval()
-        if dtype == "bf16":
-            ours.load_state_dict(base.state_dict())
-            ours = ours.to(torch.bfloat16)
-        hf = build_hf(ours).eval().to(ours.embed.weight.dtype)
+        ours, hf = pairs(dtype)
         res = bench_dtype(ours, hf, args, rounds)
         report["results"][dtype] = res
         for name in SIDES:

@@ -48,6 +48,33 @@ SMOLLM2_SHAPE = dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_hea
 QUICK_SHAPE = dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq=128)
 
 
+def model_pairs(shape: dict):
+    """``pairs(dtype)`` -> ``(ours, hf)``: our Llama-style model of ``shape`` (GQA, SwiGLU, RMSNorm,
+    rope, untied head; random weights, seed 0) and ``LlamaForCausalLM`` with the same weights, in
+    ``dtype`` ("fp32" or "bf16"), both in eval mode."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(**shape, attn="gqa", ffn="swiglu", norm="rmsnorm", pos_enc="rope", bias=False,
+                            tie_weights=False, dropout=0.0)
+    base = Transformer(cfg).eval()
+
+    def pairs(dtype: str):
+        ours = base
+        if dtype == "bf16":
+            ours = Transformer(cfg).eval()
+            ours.load_state_dict(base.state_dict())
+            ours = ours.to(torch.bfloat16)
+        return ours, build_hf(ours).eval().to(ours.embed.weight.dtype)
+    return pairs
+
+
+def report_header(script: str, settings: dict) -> dict:
+    """The JSON report's date, command line, environment and settings, with empty results."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": f"{script} " + " ".join(os.sys.argv[1:]),
+            "env": {"torch": torch.__version__, "transformers": transformers.__version__,
+                    "machine": platform.machine(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+            "settings": settings, "results": {}}
+
+
 def ours_fn(compile: bool):
     def run(model, x, new):
         return model.generate(x, max_new=new, temperature=0, compile=compile)
@@ -112,28 +139,15 @@ def main() -> None:
     shape = QUICK_SHAPE if args.quick else SMOLLM2_SHAPE if args.shape == "smollm2" else SHAPE
     new = args.new or (32 if args.quick else 256)
     rounds = args.rounds or (2 if args.quick else 5)
-    torch.manual_seed(0)
-    cfg = TransformerConfig(**shape, attn="gqa", ffn="swiglu", norm="rmsnorm", pos_enc="rope", bias=False,
-                            tie_weights=False, dropout=0.0)
-    base = Transformer(cfg).eval()
+    pairs = model_pairs(shape)
     start = time.perf_counter()
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": "bench_decode.py " + " ".join(os.sys.argv[1:]),
-        "env": {"torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),
-                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        "settings": {"shape": shape, "prompt": args.prompt, "new": new, "rounds": rounds},
-        "results": {},
-    }
+    report = report_header("bench_decode.py", {"shape": shape, "prompt": args.prompt, "new": new, "rounds": rounds})
     print(f"decode {new} new tokens after a {args.prompt}-token prompt; shape {shape}; "
           f"{torch.get_num_threads()} threads; median of {rounds} rounds")
     print(f"{'case':<12}{'ours':>8}{'compiled':>10}{'hf':>8}{'hf static':>11}"
           f"{'ours/hf':>9}{'comp/hf':>9}{'comp/static':>13}{'compile s':>11}")
     for dtype in args.dtypes:
-        ours = base if dtype == "fp32" else Transformer(cfg).eval()
-        if dtype == "bf16":
-            ours.load_state_dict(base.state_dict())
-            ours = ours.to(torch.bfloat16)
-        hf = build_hf(ours).eval().to(ours.embed.weight.dtype)
+        ours, hf = pairs(dtype)
         for batch in args.batches:
             res = bench_case(ours, hf, batch, args.prompt, new, rounds)
             key = f"{dtype}_b{batch}"
