@@ -563,6 +563,19 @@ def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(attn, pos
     assert_same_tokens(second, greedy_reference(model, turn, 8), f"{attn}/{pos} reference")
 
 
+@pytest.mark.parametrize("ffn", ["moe", "moe_shared", "geglu", "ffn"])
+def test_prompt_cache_with_every_ffn_kind(ffn):
+    from transformer_toolkit.generation import PromptCache
+
+    model = make_model(attn="gqa", ffn=ffn)
+    pc = PromptCache()
+    first = model.generate(prompt(2, 5), 6, temperature=0, prompt_cache=pc)
+    turn = torch.cat([first, prompt(2, 4, seed=2)], dim=1)
+    second = model.generate(turn, 8, temperature=0, prompt_cache=pc)
+    assert pc.reused == 10
+    assert_same_tokens(second, greedy_reference(model, turn, 8), ffn)
+
+
 def test_prompt_cache_reuses_only_the_shared_prefix():
     from transformer_toolkit.generation import PromptCache
 
@@ -579,6 +592,8 @@ def test_prompt_cache_reuses_only_the_shared_prefix():
     assert pc.reused == 11 and torch.equal(again, got)
     shorter = model.generate(edited[:, :4], 5, temperature=0, prompt_cache=pc)
     assert pc.reused == 3
+    model.generate(edited, 0, prompt_cache=pc)  # nothing generated: nothing reused, the cache kept
+    assert pc.reused == 0 and len(pc) == 8
     assert_same_tokens(shorter, greedy_reference(model, edited[:, :4], 5), "shorter prompt")
 
 

@@ -136,6 +136,8 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
     stops = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=tokens.device)
     pad = int(stops[0]) if pad_id is None and len(stops) else pad_id
     if max_new == 0:
+        if prompt_cache is not None:
+            prompt_cache.reused = 0
         return
 
     with nullcontext() if compile else decode_weights(model):  # a compiled step has its own linears
