@@ -104,3 +104,23 @@ def test_sft_builtin_then_chat(tmp_path, capsys):
     compiled = run_module("chat", "--run", run, "--max-new", "3", "--compile", stdin=stdin)
     assert compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == r.stdout  # greedy replies: the compiled step is the same function
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(capsys):
+    from transformer_toolkit.cli.use import print_reply
+
+    class Session:
+        closed = False
+
+        def ask_stream(self, line):
+            def pieces():
+                try:
+                    yield "one"
+                    yield " two"
+                    raise KeyboardInterrupt  # Ctrl-C while the model computes the next token
+                finally:
+                    Session.closed = True
+            return pieces()
+
+    print_reply(Session(), "hi")  # returns: the REPL goes on to the next question
+    assert capsys.readouterr().out == "one two [stopped]\n" and Session.closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_helpers import tiny_config
 from sft_helpers import small_bpe
@@ -118,3 +119,37 @@ def test_each_turn_prefills_only_the_new_question_and_replies_as_a_fresh_prefill
         previous = ids
     replies = [m["content"] for m in cached.history if m["role"] == "assistant"]
     assert cached.history == fresh.history and sum(map(bool, replies)) >= 2, replies
+
+
+def test_a_reply_cut_short_joins_the_history_as_far_as_it_was_shown():
+    tok = small_bpe()
+    word = tok.encode("add")
+    model = Scripted(word * 6 + [11], vocab_size=tok.vocab_size, max_seq=128)
+    chat = ChatSession(model, tok, template="llama3", temperature=0)
+    pieces = chat.ask_stream("hello")
+    shown = next(pieces) + next(pieces)
+    pieces.close()  # the reader stops (as `ttk chat` does on Ctrl-C)
+    assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": shown.strip()}]
+    assert shown.strip() and shown.strip() != "add" * 6
+    unread = chat.ask_stream("again")
+    unread.close()  # closed before it started: nothing was shown, nothing joins
+    assert len(chat.history) == 2
+
+    def interrupted(*args, **kwargs):  # Ctrl-C arriving while the model computes the third token
+        for i, t in enumerate(stream_real(*args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield t
+
+    import transformer_toolkit.sft.chat as chat_module
+
+    stream_real, chat_module.stream = chat_module.stream, interrupted
+    got = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for piece in chat.ask_stream("third"):
+                got.append(piece)
+    finally:
+        chat_module.stream = stream_real
+    assert got and chat.history[-2:] == [{"role": "user", "content": "third"},
+                                         {"role": "assistant", "content": "".join(got).strip()}]

@@ -137,6 +137,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def print_reply(session, line: str) -> None:
+    """Stream the reply to ``line``. Ctrl-C stops the reply, not the chat: what was shown stays
+    in the history and the next question follows it."""
+    pieces = session.ask_stream(line)
+    try:
+        for piece in pieces:
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        pieces.close()
+        print(" [stopped]", end="")
+    print()
+
+
 def cmd_chat(args) -> int:
     """A REPL over ChatSession: /reset, /system TEXT, /exit. Piped stdin: one message per line,
     only the replies are printed."""
@@ -148,7 +161,8 @@ def cmd_chat(args) -> int:
                           compile=args.compile)
     tty = sys.stdin.isatty()
     if tty:
-        print("chat: /reset forgets the conversation, /system TEXT sets the system prompt, /exit quits")
+        print("chat: /reset forgets the conversation, /system TEXT sets the system prompt, /exit quits; "
+              "Ctrl-C stops a reply")
     while True:
         if tty:
             print("> ", end="", flush=True)
@@ -170,9 +184,7 @@ def cmd_chat(args) -> int:
         if not tty:  # piped: exactly one line per reply, so a script can pair questions and answers
             print(session.ask(line).replace("\n", " "), flush=True)
             continue
-        for piece in session.ask_stream(line):
-            print(piece, end="", flush=True)
-        print()
+        print_reply(session, line)
     return 0
 
 

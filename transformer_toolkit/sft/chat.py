@@ -92,33 +92,38 @@ class ChatSession:
         return ids
 
     def ask_stream(self, prompt: str, **overrides) -> Iterator[str]:
-        """Yield the reply's text piece by piece; the reply joins the history when done."""
+        """Yield the reply's text piece by piece; the reply joins the history when done. A reply
+        cut short (the stream closed early, or Ctrl-C while generating) joins it as far as it
+        was shown, if anything was."""
         opts = self.defaults | overrides
         msgs = self.messages(prompt)
         device = next(self.model.parameters()).device
         ids = torch.tensor(self.prompt_ids(msgs, opts["max_new"]), dtype=torch.long, device=device)
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
         new: list[int] = []
-        shown = ""
-        for tok in stream(self.model, ids, stop_ids=stops, prompt_cache=self.prompt_cache, **opts):
-            t = int(tok)
-            if t in stops:
-                break
-            new.append(t)
-            text = self.tokenizer.decode(new, skip_special_tokens=False)
-            if closer and closer in text:  # a closer spelled in pieces (byte-level tokenizers)
-                text = text[: text.index(closer)]
-                if len(text) > len(shown):
-                    yield text[len(shown):]
-                shown = text
-                break
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            if len(text) > len(shown):
-                yield text[len(shown):]
-            shown = text
-        reply = shown.strip()
-        self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        shown, finished = "", False
+        try:
+            for tok in stream(self.model, ids, stop_ids=stops, prompt_cache=self.prompt_cache, **opts):
+                t = int(tok)
+                if t in stops:
+                    break
+                new.append(t)
+                text = self.tokenizer.decode(new, skip_special_tokens=False)
+                cut = closer and closer in text  # a closer spelled in pieces (byte-level tokenizers)
+                if cut:
+                    text = text[: text.index(closer)]
+                elif text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    continue
+                piece, shown = text[len(shown):], text  # `shown` first: the reader may stop at the yield
+                if piece:
+                    yield piece
+                if cut:
+                    break
+            finished = True
+        finally:
+            reply = shown.strip()
+            if finished or reply:
+                self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
 
     def ask(self, prompt: str, **overrides) -> str:
         """The model's reply to ``prompt`` (added to the history with the prompt)."""
