@@ -576,6 +576,27 @@ def test_prompt_cache_with_every_ffn_kind(ffn):
     assert_same_tokens(second, greedy_reference(model, turn, 8), ffn)
 
 
+def test_prompt_cache_fills_its_cache_in_place_while_it_has_room_then_moves_to_a_larger_one():
+    from transformer_toolkit import generation
+    from transformer_toolkit.generation import PromptCache
+
+    model = Transformer(tiny_config(attn="gqa", max_seq=512, tie_weights=False, init_std=0.05)).eval()
+    sizes, real = [], model.make_cache
+    model.make_cache = lambda batch, max_len=None, **kw: sizes.append(max_len) or real(batch, max_len=max_len, **kw)
+    pc = PromptCache()
+    first = model.generate(prompt(1, 5), 6, temperature=0, prompt_cache=pc)
+    assert sizes == [11 + generation.PROMPT_CACHE_ROOM]  # needed + room for later turns
+    held = pc.cache
+    turn = torch.cat([first, prompt(1, 4, seed=2)], dim=1)
+    second = model.generate(turn, 8, temperature=0, prompt_cache=pc)
+    assert len(sizes) == 1 and pc.cache is held and pc.reused == 10  # filled in place, nothing copied
+    assert_same_tokens(second, greedy_reference(model, turn, 8), "in place")
+    long_turn = torch.cat([second, prompt(1, 300, seed=3)], dim=1)  # 323 tokens: more than the room
+    third = model.generate(long_turn, 4, temperature=0, prompt_cache=pc)
+    assert sizes[1] == 512 and pc.cache is not held and pc.reused == 22  # copied into a larger one (max_seq)
+    assert_same_tokens(third, greedy_reference(model, long_turn, 4), "moved")
+
+
 def test_prompt_cache_reuses_only_the_shared_prefix():
     from transformer_toolkit.generation import PromptCache
 

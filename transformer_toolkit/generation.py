@@ -75,6 +75,8 @@ class PromptCache:
     previous prompt and reply. Pass the same ``PromptCache`` to successive calls and each one
     prefills only the tokens after the longest prefix it shares with what the cache already
     holds: the conversation's earlier turns are not recomputed (``ChatSession`` does this).
+    An eager call allocates ``PROMPT_CACHE_ROOM`` slots more than it needs, so the next turn
+    usually fits and fills the same buffers in place; otherwise the prefix is copied over.
     A prefill in two chunks computes the same function as one over the whole prompt: greedy
     fp32 tokens are identical (tested for every attention and position kind). In bf16 the keys
     and values of the previous reply were computed by decode steps, whose kernels round
@@ -117,6 +119,12 @@ class PromptCache:
             return 0
         same = (self.ids[:, :n] == window[:, :n]).all(dim=0)
         return n if bool(same.all()) else int(same.to(torch.int8).argmin())
+
+    def _with_room(self, weights: tuple | None, batch: int, needed: int) -> list | None:
+        """The held cache if it is valid for these weights and batch and has ``needed`` slots."""
+        if self.cache is None or weights is None or self.weights != weights or self.ids.shape[0] != batch:
+            return None
+        return self.cache if self.cache[0].max_len >= needed else None
 
     def _copy_into(self, cache: list, n: int) -> None:
         for old_layer, new_layer in zip(self.cache, cache, strict=True):
@@ -263,6 +271,10 @@ def compiled_cache_len(needed: int, max_seq: int) -> int:
     return min(max_seq, max(64, 1 << (needed - 1).bit_length()))
 
 
+# Extra cache slots a call with a prompt cache allocates (or a quarter more, if larger), so that
+# the next turn of a chat usually fits and fills the same cache in place instead of copying it.
+PROMPT_CACHE_ROOM = 256
+
 # Opt-in until measured on hardware: no GPU has been available to this project yet, so the
 # captured step is covered by CPU tests of the tensor-position step it replays
 # (tests/model/test_static_decode.py) and by tests/gpu/, which has not run. Set True to use it.
@@ -279,17 +291,24 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
     # the cache holds what this call can reach, not always max_seq (which a pretrained model's
     # config may set to 8192 or more): allocating and zeroing that would dominate short replies
     needed = min(max_seq, T0 - win + max_new)
-    if compile and max_new > 1:
+    weights = None if prompt_cache is None else weights_stamp(model)
+    # a compiled or captured step writes slot 0 when it is made, so it never gets a filled cache
+    stepper = max_new > 1 and (compile or (CUDA_GRAPHS and out.device.type == "cuda"))
+    cache = None if prompt_cache is None or stepper else prompt_cache._with_room(weights, B, needed)
+    if cache is not None:  # the held cache is large enough: its prefix stays where it is
+        graph = None
+    elif compile and max_new > 1:
         cache = model.make_cache(B, max_len=compiled_cache_len(needed, max_seq), device=out.device)
         graph = CompiledStep.create(model, cache, B, out.device)
     else:
-        cache = model.make_cache(B, max_len=needed, device=out.device)
+        # with a prompt cache, room for a few more turns, so the next call can fill it in place
+        room = needed if prompt_cache is None else min(max_seq, needed + max(PROMPT_CACHE_ROOM, needed // 4))
+        cache = model.make_cache(B, max_len=room, device=out.device)
         graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
-    reused, weights = 0, None
-    if prompt_cache is not None:  # after the step's creation, which writes slot 0
-        weights = weights_stamp(model)
+    reused = 0
+    if prompt_cache is not None:
         reused = prompt_cache._prefix(model, weights, out[:, win:T0], cache)
-        if reused:
+        if reused and cache is not prompt_cache.cache:
             prompt_cache._copy_into(cache, reused)
         prompt_cache.clear()
         prompt_cache.reused = reused
