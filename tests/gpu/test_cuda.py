@@ -69,6 +69,24 @@ def test_compiled_generation_equals_eager_on_gpu(attn):
     assert torch.equal(compiled, model.generate(prompt, max_new=40, temperature=0))
 
 
+@pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile"])
+def test_prompt_cache_on_gpu(mode, monkeypatch):
+    """A second turn that reuses the first turn's cache gives the tokens of a fresh call, with the
+    eager step, a captured CUDA graph (the prefix copied in after capture) and a compiled step."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(attn="gqa", max_seq=64)).to(DEV)
+    monkeypatch.setattr(generation, "CUDA_GRAPHS", mode == "cuda_graph")
+    pc = generation.PromptCache()
+    compile = mode == "compile"
+    first = model.generate(torch.randint(0, 97, (1, 5), device=DEV), 6, temperature=0, compile=compile,
+                           prompt_cache=pc)
+    turn = torch.cat([first, torch.randint(0, 97, (1, 4), device=DEV)], dim=1)
+    second = model.generate(turn, 8, temperature=0, compile=compile, prompt_cache=pc)
+    assert pc.reused == 10
+    monkeypatch.setattr(generation, "CUDA_GRAPHS", False)
+    assert torch.equal(second, model.generate(turn, 8, temperature=0))
+
+
 @pytest.mark.parametrize("attn", ["mha", "gqa", "mqa", "flash", "mla"])
 @pytest.mark.parametrize("ffn", ["swiglu", "ffn", "moe", "moe_ec", "moe_shared"])
 def test_bf16_autocast_training_learns_on_gpu(attn, ffn):
