@@ -126,10 +126,18 @@ class PromptCache:
             return None
         return self.cache if self.cache[0].max_len >= needed else None
 
-    def _copy_into(self, cache: list, n: int) -> None:
-        for old_layer, new_layer in zip(self.cache, cache, strict=True):
-            for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
-                new[..., :n, :] = old[..., :n, :]
+    def _take(self, model, weights: tuple | None, window: Tensor, cache: list) -> int:
+        """Start a call whose prompt window is ``window`` and whose cache is ``cache``: put the
+        reusable prefix into ``cache`` (already there when it is the held cache) and return
+        its length. The held state is dropped until the call holds its own."""
+        reused = self._prefix(model, weights, window, cache)
+        if reused and cache is not self.cache:
+            for old_layer, new_layer in zip(self.cache, cache, strict=True):
+                for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
+                    new[..., :reused, :] = old[..., :reused, :]
+        self.clear()
+        self.reused = reused
+        return reused
 
 
 @torch.inference_mode()
@@ -281,6 +289,26 @@ PROMPT_CACHE_ROOM = 256
 CUDA_GRAPHS = False
 
 
+def _cache_and_step(model, B: int, needed: int, max_new: int, compile: bool, prompt_cache: PromptCache | None,
+                    weights: tuple | None, device: torch.device) -> tuple[list, GraphStep | CompiledStep | None]:
+    """The KV cache of a call that reaches ``needed`` positions, and the step that decodes into
+    it (None: the eager forward). A prompt cache's own cache is reused in place when it has room;
+    a compiled or captured step always gets a fresh one, since making it writes slot 0."""
+    max_seq = model.cfg.max_seq
+    stepper = max_new > 1 and (compile or (CUDA_GRAPHS and device.type == "cuda"))
+    if prompt_cache is not None and not stepper:
+        held = prompt_cache._with_room(weights, B, needed)
+        if held is not None:
+            return held, None
+    if compile and max_new > 1:
+        cache = model.make_cache(B, max_len=compiled_cache_len(needed, max_seq), device=device)
+        return cache, CompiledStep.create(model, cache, B, device)
+    # with a prompt cache, room for a few more turns, so the next call can fill it in place
+    room = needed if prompt_cache is None else min(max_seq, needed + max(PROMPT_CACHE_ROOM, needed // 4))
+    cache = model.make_cache(B, max_len=room, device=device)
+    return cache, GraphStep.create(model, cache, B, device) if max_new > 1 else None
+
+
 def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, top_k, top_p,
                  stops: Tensor, pad: int | None, generator, compile: bool = False,
                  prompt_cache: PromptCache | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -292,26 +320,8 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
     # config may set to 8192 or more): allocating and zeroing that would dominate short replies
     needed = min(max_seq, T0 - win + max_new)
     weights = None if prompt_cache is None else weights_stamp(model)
-    # a compiled or captured step writes slot 0 when it is made, so it never gets a filled cache
-    stepper = max_new > 1 and (compile or (CUDA_GRAPHS and out.device.type == "cuda"))
-    cache = None if prompt_cache is None or stepper else prompt_cache._with_room(weights, B, needed)
-    if cache is not None:  # the held cache is large enough: its prefix stays where it is
-        graph = None
-    elif compile and max_new > 1:
-        cache = model.make_cache(B, max_len=compiled_cache_len(needed, max_seq), device=out.device)
-        graph = CompiledStep.create(model, cache, B, out.device)
-    else:
-        # with a prompt cache, room for a few more turns, so the next call can fill it in place
-        room = needed if prompt_cache is None else min(max_seq, needed + max(PROMPT_CACHE_ROOM, needed // 4))
-        cache = model.make_cache(B, max_len=room, device=out.device)
-        graph = GraphStep.create(model, cache, B, out.device) if max_new > 1 else None
-    reused = 0
-    if prompt_cache is not None:
-        reused = prompt_cache._prefix(model, weights, out[:, win:T0], cache)
-        if reused and cache is not prompt_cache.cache:
-            prompt_cache._copy_into(cache, reused)
-        prompt_cache.clear()
-        prompt_cache.reused = reused
+    cache, graph = _cache_and_step(model, B, needed, max_new, compile, prompt_cache, weights, out.device)
+    reused = 0 if prompt_cache is None else prompt_cache._take(model, weights, out[:, win:T0], cache)
     logits, _ = model(out[:, win + reused:T0], cache=cache, start_pos=reused, logits_to_keep=1)  # prefill
     n_ctx, cur, base = T0 - win, T0, win  # the cache holds out[:, base:base + n_ctx]
     for step in range(max_new):
