@@ -102,12 +102,15 @@ class PromptCache:
     def _hold(self, weights: tuple, cache: list, ids: Tensor) -> None:
         self.cache, self.ids, self.weights = cache, ids, weights
 
-    def _prefix(self, model, weights: tuple, window: Tensor, cache: list) -> int:
+    def _valid(self, weights: tuple | None, batch: int) -> bool:
+        """Whether the held cache was filled by these very weights, at this batch size."""
+        return self.cache is not None and weights is not None and self.weights == weights \
+            and self.ids.shape[0] == batch
+
+    def _prefix(self, model, weights: tuple | None, window: Tensor, cache: list) -> int:
         """How many leading tokens of ``window`` (B, T) can be copied into ``cache`` from the
         held one: at most T - 1, so at least one token is prefilled and gives logits."""
-        if self.cache is None or model.cfg.ffn == "moe_ec" or self.ids.shape[0] != window.shape[0]:
-            return 0
-        if len(self.cache) != len(cache) or weights is None or self.weights != weights:
+        if not self._valid(weights, window.shape[0]) or model.cfg.ffn == "moe_ec" or len(self.cache) != len(cache):
             return 0
         for old_layer, new_layer in zip(self.cache, cache, strict=True):
             for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
@@ -122,9 +125,7 @@ class PromptCache:
 
     def _with_room(self, weights: tuple | None, batch: int, needed: int) -> list | None:
         """The held cache if it is valid for these weights and batch and has ``needed`` slots."""
-        if self.cache is None or weights is None or self.weights != weights or self.ids.shape[0] != batch:
-            return None
-        return self.cache if self.cache[0].max_len >= needed else None
+        return self.cache if self._valid(weights, batch) and self.cache[0].max_len >= needed else None
 
     def _take(self, model, weights: tuple | None, window: Tensor, cache: list) -> int:
         """Start a call whose prompt window is ``window`` and whose cache is ``cache``: put the

@@ -45,17 +45,24 @@ def _stamp(weight: Tensor) -> tuple[int, int]:
     return weight.data_ptr(), weight._version
 
 
+def _untracked(params) -> bool:
+    """Whether any of ``params`` is an inference tensor (made under ``torch.inference_mode()``):
+    such tensors keep no version counter, so an in-place update of them cannot be seen. Warns."""
+    if not any(p.is_inference() for p in params):
+        return False
+    warnings.warn("the model's parameters are inference tensors (created under torch.inference_mode()), "
+                  "whose in-place updates cannot be tracked, so decoding runs without its cached weight "
+                  "layout and prompt cache; create or load the model outside inference_mode "
+                  "(torch.no_grad() is fine) to decode faster", stacklevel=4)
+    return True
+
+
 def weights_stamp(model: nn.Module) -> tuple | None:
     """A value that changes whenever any parameter of ``model`` is replaced or updated in place
-    (an optimiser step, ``load_state_dict``, ``.to()``); None when that cannot be told: the
-    parameters are inference tensors (made under ``torch.inference_mode()``), which keep no
-    version counter. Callers then rebuild or recompute instead of reusing (with a warning)."""
+    (an optimiser step, ``load_state_dict``, ``.to()``); None when that cannot be told
+    (``_untracked``). Callers then recompute instead of reusing."""
     params = list(model.parameters())
-    if any(p.is_inference() for p in params):
-        warnings.warn("the model's parameters are inference tensors (created under torch.inference_mode()), "
-                      "whose in-place updates cannot be tracked, so decoding runs without its cached weight "
-                      "layout and prompt cache; create or load the model outside inference_mode "
-                      "(torch.no_grad() is fine) to decode faster", stacklevel=3)
+    if _untracked(params):
         return None
     return (id(model),) + tuple((*_stamp(p), p.dtype) for p in params)
 
@@ -171,7 +178,7 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if not linears or linears[0].weight.device.type != "cpu" or model.training:
         return []
-    if any(m.weight.is_inference() for m in linears) and weights_stamp(model) is None:
+    if _untracked([m.weight for m in linears]):
         return []  # a layout could go stale unseen
     if linears[0].weight.dtype not in (torch.float32, torch.bfloat16):
         return []
