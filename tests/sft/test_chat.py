@@ -153,3 +153,43 @@ def test_a_reply_cut_short_joins_the_history_as_far_as_it_was_shown():
         chat_module.stream = stream_real
     assert got and chat.history[-2:] == [{"role": "user", "content": "third"},
                                          {"role": "assistant", "content": "".join(got).strip()}]
+
+
+def test_a_full_window_moves_by_half_so_the_next_turns_reuse_the_cache():
+    tok = small_bpe()
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(vocab_size=tok.vocab_size, max_seq=160, init_std=0.1)).eval()
+    room = 8
+    keep = 160 - room
+    cached = ChatSession(model, tok, template="chatml", system="Be brief.", max_new=room, temperature=0)
+    fresh = ChatSession(model, tok, template="chatml", system="Be brief.", max_new=room, temperature=0)
+    prompts = []
+    turn_ids = cached._turn_ids
+    cached._turn_ids = lambda prompt, r: prompts.append(turn_ids(prompt, r)) or prompts[-1]
+    questions = ["what is python", "how do i reverse a list", "add 2 3", "be brief", "what is a list"] * 3
+    moved = []
+    for k, question in enumerate(questions):
+        fresh.prompt_cache.clear()  # the reference recomputes its whole prompt every turn
+        assert cached.ask(question) == fresh.ask(question)
+        ids = prompts[-1]
+        assert len(ids) <= keep
+        if k and ids[:len(prompts[-2])] == prompts[-2]:  # the window stayed: the previous turn is cached
+            assert cached.prompt_cache.reused >= len(prompts[-2])
+        elif k:  # it moved: past enough exchanges to leave room for the next turns
+            moved.append(k)
+            newest_only = tok.decode(ids).count("<|im_start|>user\n") == 2
+            assert len(ids) <= keep // 2 or newest_only
+    assert cached.history == fresh.history and len(cached.history) == 2 * len(questions)
+    # the window moved a few times, never on two turns in a row (dropping only what must go
+    # would move it on every turn once the conversation fills the context)
+    assert len(moved) >= 2 and all(b - a >= 2 for a, b in zip(moved[:-1], moved[1:], strict=True)), moved
+    # a moved window holds the newest exchanges: the system prompt, then history from _start on
+    expected, _ = ChatTemplate("chatml").format_messages(
+        [{"role": "system", "content": "Be brief."}, *cached.history[cached._start:-2],
+         {"role": "user", "content": questions[-1]}], add_generation_prompt=True)
+    assert prompts[-1] == tok.encode(expected) and cached._start > 0
+    cached.history = cached.history[:4]  # cut by hand: the window starts from the beginning again
+    cached.ask("add 2 3")
+    assert tok.decode(prompts[-1]).count("<|im_start|>user\n") == 3
+    cached.reset()
+    assert cached._start == 0

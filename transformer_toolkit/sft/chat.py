@@ -36,6 +36,7 @@ class ChatSession:
         self.template = template if isinstance(template, ChatTemplate) else ChatTemplate(template)
         self.system = system
         self.history: list[dict] = []
+        self._start = 0  # history[_start:] is in the window: older exchanges no longer fit the context
         # compile: decode with a compiled step (generation.generate); worth it for long sessions
         self.defaults = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p, compile=compile)
         # the last turn's KV cache: a turn prefills only what follows the earlier turns' tokens
@@ -43,7 +44,7 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
-        self.history = []
+        self.history, self._start = [], 0
         self.prompt_cache.clear()
 
     def messages(self, prompt: str) -> list[dict]:
@@ -58,17 +59,42 @@ class ChatSession:
         When the conversation is too long, whole exchanges are dropped, oldest first, keeping the
         system message, so the model sees conversations that start the way training ones did.
         Only when the system message and the last question alone are too long are the oldest
-        tokens cut."""
+        tokens cut. (A chat turn drops more at once, so the next turns can reuse its cache: see
+        ``_turn_ids``.)"""
+        return self._fit(messages, room, shrink=False)[0]
+
+    def _fit(self, messages: list[dict], room: int, shrink: bool) -> tuple[list[int], int]:
+        """``(ids, how many messages after the system message were dropped)``. ``shrink``: once
+        anything must be dropped, drop down to half the budget (see ``_turn_ids``)."""
         max_seq = self.model.cfg.max_seq
         keep = max(max_seq // 2, max_seq - room)
         system = messages[:1] if messages and messages[0]["role"] == "system" else []
         turns = messages[len(system):]
+        ids = self._encode(system + turns)
+        target = keep // 2 if shrink and len(ids) > keep else keep
         while True:
-            ids = self._encode(system + turns)
             later_user = [i for i, m in enumerate(turns) if i > 0 and m["role"] == "user"]
-            if len(ids) <= keep or not later_user:
-                return ids[-keep:]
+            if len(ids) <= target or not later_user or (len(later_user) == 1 and len(ids) <= keep):
+                # (the newest exchange stays whenever it fits: the next question may build on it)
+                return ids[-keep:], len(messages) - len(system) - len(turns)
             turns = turns[later_user[0]:]  # drop the oldest exchange: a question and its replies
+            ids = self._encode(system + turns)
+
+    def _turn_ids(self, prompt: str, room: int) -> list[int]:
+        """The prompt of the next turn. The conversation's window starts at ``history[_start]``
+        and stays there while the prompt fits, so each turn's prompt extends the previous one and
+        the prompt cache holds all of it but the new question. When it no longer fits, the
+        window moves past as many old exchanges as it takes to use at most half the prompt
+        budget, keeping the newest exchange if it fits. Dropping only as many as needed would
+        move the prompt's start, and so miss the cache, at every turn from then on."""
+        start = self._start if self._start <= len(self.history) else 0  # 0: the history was cut by hand
+        while start < len(self.history) and self.history[start]["role"] != "user":
+            start += 1  # the history was edited by hand: start at an exchange
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        window = system + self.history[start:] + [{"role": "user", "content": prompt}]
+        ids, dropped = self._fit(window, room, shrink=True)
+        self._start = start + dropped
+        return ids
 
     def _encode(self, messages: list[dict]) -> list[int]:
         text, _ = self.template.format_messages(messages, add_generation_prompt=True, bos=False)
@@ -96,9 +122,8 @@ class ChatSession:
         cut short (the stream closed early, or Ctrl-C while generating) joins it as far as it
         was shown, if anything was."""
         opts = self.defaults | overrides
-        msgs = self.messages(prompt)
         device = next(self.model.parameters()).device
-        ids = torch.tensor(self.prompt_ids(msgs, opts["max_new"]), dtype=torch.long, device=device)
+        ids = torch.tensor(self._turn_ids(prompt, opts["max_new"]), dtype=torch.long, device=device)
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
         new: list[int] = []
         shown, finished = "", False
