@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
+from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from ..tokenizer.hf import HFTokenizer
 from .gguf_tensors import FILE_TYPES, WRITABLE, check_types, decode, encode, from_gguf_layout, gguf_name, to_gguf_layout
@@ -220,7 +221,7 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overr
     if overrides:
         cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
     arch = _field(reader.fields, "general.architecture")
-    model = Transformer(cfg)
+    model = empty_transformer(cfg)  # every weight is loaded below (strict)
     expected = model.state_dict()
     wanted = {gguf_name(k): k for k in expected if not (k == "head.weight" and cfg.tie_weights)}
     extra, missing = sorted(set(tensors) - set(wanted)), sorted(set(wanted) - set(tensors))

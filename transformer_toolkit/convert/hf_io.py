@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from .files import read_json, staged_folder, write_json
 from .hf_config import from_hf_config, to_hf_config
@@ -163,7 +164,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, *
             raise ValueError(f"max_seq={cfg.max_seq} is longer than the checkpoint's {sd['pos.weight'].shape[0]} "
                              "learned positions")
         sd["pos.weight"] = sd["pos.weight"][: cfg.max_seq]
-    model = Transformer(cfg)
+    model = empty_transformer(cfg)  # every weight is loaded below (strict)
     _check_keys(set(model.state_dict()), set(sd), family)
     model.load_state_dict(sd, strict=True)  # copies into the fp32 parameters
     if dtype is not None:

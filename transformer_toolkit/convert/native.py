@@ -14,6 +14,7 @@ import os
 import torch
 
 from ..model.config import TransformerConfig
+from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from .files import read_json, staged_folder, write_json
 from .hf_io import as_template, check_vocab, read_weights, safetensors_torch, special_ids, write_tokenizer
@@ -57,7 +58,7 @@ def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None, **ove
         raise ValueError(f"{path}: native format version {version!r} is not supported (this library reads "
                          f"version {FORMAT_VERSION}); upgrade transformer-toolkit")
     cfg = TransformerConfig.from_dict({**d["transformer_config"], **overrides})
-    model = Transformer(cfg)
+    model = empty_transformer(cfg)  # every weight is loaded below (strict)
     model.load_state_dict(read_weights(path), strict=True)  # a missing tied head is filled from the embedding
     if dtype is not None:
         model = model.to(dtype)
