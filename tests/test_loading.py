@@ -61,3 +61,19 @@ def test_loaders_skip_the_init_and_load_every_weight(tmp_path, how):
     assert torch.equal(rng, torch.random.get_rng_state())
     x = torch.randint(0, ref.cfg.vocab_size, (1, 16))
     torch.testing.assert_close(model(x)[0], ref(x)[0], rtol=0, atol=1e-6)
+
+
+def test_the_skipping_is_this_threads_only():
+    import threading
+
+    from transformer_toolkit.model.loading import _NoParameterInit
+
+    built = {}
+    with _NoParameterInit():
+        worker = threading.Thread(target=lambda: built.setdefault("other", Transformer(tiny_config())))
+        worker.start()
+        worker.join()
+        here = torch.nn.Parameter(torch.zeros(8))
+        torch.nn.init.normal_(here)
+    assert torch.equal(here, torch.zeros(8))
+    assert float(built["other"].embed.weight.std()) > 0.5 * built["other"].cfg.init_std
