@@ -263,13 +263,20 @@ class CompiledStep:
             # The first call checks every guard and compiles if none match. One variant per
             # model structure, batch, cache length and dtype: allow more than dynamo's default
             # of 8 for this function before it falls back to running uncompiled.
-            with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}):
+            with torch._dynamo.config.patch(**{_limit_name(): RECOMPILE_LIMIT}):
                 return self.fn(self.model, self.tok, self.pos, self.cache)
 
 
 RECOMPILE_LIMIT = 64
-# torch < 2.7 names the limit cache_size_limit and cannot skip guard checks (2.6 added set_stance)
-_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
+def _limit_name() -> str:
+    """dynamo's recompile limit setting: ``cache_size_limit`` before torch 2.7. (Asked when a step
+    compiles, not at import: the first use of ``torch._dynamo`` imports it, ~0.9 s.)"""
+    return "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
+# torch < 2.6 cannot skip guard checks (2.6 added set_stance)
 _CAN_SKIP_GUARDS = (hasattr(torch.compiler, "set_stance")
                     and "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters)
 
