@@ -48,18 +48,9 @@ def read_chat_template(path: str | os.PathLike) -> str | None:
 
 
 def _gguf_template(path: str) -> str | None:
-    try:
-        from . import gguf as gguf_mod
-    except ImportError:
-        gguf_mod = None
-    if gguf_mod is not None and hasattr(gguf_mod, "gguf_chat_template"):
-        return gguf_mod.gguf_chat_template(path)
-    import gguf
+    from .gguf import gguf_chat_template
 
-    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
-    if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return gguf_chat_template(path)
 
 
 def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True, bos_token: str = "",

@@ -24,6 +24,7 @@ from ..model.config import TransformerConfig
 from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from ..tokenizer.hf import HFTokenizer
+from .gguf_reader import GGUFFile
 from .gguf_tensors import FILE_TYPES, WRITABLE, check_types, decode, encode, from_gguf_layout, gguf_name, to_gguf_layout
 from .gguf_vocab import build_tokenizer, read_vocab, vocab_metadata, write_vocab
 from .hf_io import as_template, check_vocab
@@ -142,13 +143,14 @@ def _add_tensors(w, model: Transformer, arch: str, dtype: str) -> None:
 # import ----------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=2)
 def _reader_at(path: str, mtime_ns: int, size: int):
-    return _gguf().GGUFReader(path)
+    _gguf()  # the quantisation tables come from the gguf package
+    return GGUFFile(path)
 
 
 def _reader(path: str | os.PathLike):
-    """A ``GGUFReader`` (memory-mapped), shared by the model, tokenizer and template readers of
-    one file: parsing a large vocabulary's metadata takes seconds. Keyed on the file's mtime and
-    size, so a rewritten file is read again."""
+    """A ``GGUFFile`` (memory-mapped; see gguf_reader.py), shared by the model, tokenizer and
+    template readers of one file. Keyed on the file's mtime and size, so a rewritten file is
+    read again."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no GGUF file at {path}")
