@@ -107,6 +107,15 @@ def test_foreign_empty_and_truncated_files_are_named(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match=message):
             GGUFFile(tmp_path / name)
+    unknown = bytearray(whole)  # the first tensor's type id (after its name and dims) set to 250
+    ours = GGUFFile(tmp_path / "m.gguf")
+    name = ours.tensors[0].name.encode()
+    at = whole.index(len(name).to_bytes(8, "little") + name) + 8 + len(name)
+    at += 4 + 8 * int.from_bytes(whole[at:at + 4], "little")
+    unknown[at:at + 4] = (250).to_bytes(4, "little")
+    (tmp_path / "unknown.gguf").write_bytes(bytes(unknown))
+    with pytest.raises(ValueError, match=f"tensor {ours.tensors[0].name} has type id 250.*upgrade"):
+        GGUFFile(tmp_path / "unknown.gguf")
     v9 = bytearray(whole)
     v9[4:8] = (9).to_bytes(4, "little")
     (tmp_path / "v9.gguf").write_bytes(bytes(v9))

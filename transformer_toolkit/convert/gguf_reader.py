@@ -143,9 +143,14 @@ class GGUFFile:
             if name in seen:
                 raise ValueError(f"{path}: tensor {name} appears twice")
             seen.add(name)
-            kind = GGMLQuantizationType(raw_type)
+            try:
+                kind = GGMLQuantizationType(raw_type)
+                block, size = GGML_QUANT_SIZES[kind]
+            except (ValueError, KeyError):
+                raise ValueError(f"{path}: tensor {name} has type id {raw_type}, which the installed gguf package "
+                                 "does not know; upgrade it (pip install -U gguf) or re-quantise the file with "
+                                 "llama.cpp's llama-quantize") from None
             n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-            block, size = GGML_QUANT_SIZES[kind]
             n_bytes = n * size // block
             shape = tuple(reversed(dims))
             if kind.name in NUMERIC_TENSORS:
