@@ -3,7 +3,7 @@
 gguf-py's ``GGUFReader`` makes a numpy view of every part of every metadata value, which for a
 real vocabulary (SmolLM2's 49,152 tokens and 48,900 merges) takes about 2 s: most of the time
 ``ttk chat --model x.gguf`` waited before its first token. ``GGUFFile`` reads the same header
-with ``struct`` into Python values, about 40x faster, and maps the tensor data as numpy views of
+with ``struct`` into Python values, about 30x faster, and maps the tensor data as numpy views of
 the memory-mapped file, exactly as ``GGUFReader`` does (same dtypes and shapes, so
 ``gguf.quants.dequantize`` takes them as they are).
 
