@@ -77,3 +77,22 @@ def test_the_skipping_is_this_threads_only():
         torch.nn.init.normal_(here)
     assert torch.equal(here, torch.zeros(8))
     assert float(built["other"].embed.weight.std()) > 0.5 * built["other"].cfg.init_std
+
+
+def test_gguf_tensors_whose_shapes_disagree_with_the_metadata_are_named(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from transformer_toolkit.convert.gguf import _write_hparams, load_gguf
+    from transformer_toolkit.convert.gguf_tensors import gguf_name, to_gguf_layout
+
+    model = Transformer(tiny_config(hidden_dim=64))
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    _write_hparams(w, tiny_config(hidden_dim=80))  # the metadata says a wider FFN than the tensors hold
+    for key, t in model.state_dict().items():
+        w.add_tensor(gguf_name(key), to_gguf_layout(key, t, 4, 4).numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    message = r"tensor shapes do not match .*ffn_gate.weight \(64, 48\) \(expected \(80, 48\)\)"
+    with pytest.raises(ValueError, match=message):
+        load_gguf(tmp_path / "m.gguf")

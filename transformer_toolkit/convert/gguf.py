@@ -231,16 +231,19 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overr
         raise ValueError(f"{path}: tensors do not match its {arch} metadata (unexpected: "
                          f"{', '.join(extra[:5]) or '-'}; missing: {', '.join(missing[:5]) or '-'})")
     check_types(tensors.values())
-    sd = {}
-    for name, key in wanted.items():
-        t = decode(tensors[name])
-        if t.shape != expected[key].shape:
-            raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the metadata implies "
-                             f"{tuple(expected[key].shape)}")
-        sd[key] = from_gguf_layout(key, t, cfg.n_heads, cfg.n_kv_heads) if arch == "llama" else t
-    if cfg.tie_weights:
-        sd["head.weight"] = sd["embed.weight"]
-    model.load_state_dict(sd, strict=True)
+    shapes = {name: tuple(int(n) for n in reversed(tensors[name].shape)) for name in wanted}  # rows first
+    bad = [f"{name} {shapes[name]} (expected {tuple(expected[key].shape)})"
+           for name, key in wanted.items() if shapes[name] != expected[key].shape]
+    if bad:
+        raise ValueError(f"{path}: tensor shapes do not match its {arch} metadata: {'; '.join(bad[:3])}")
+    # Every weight is decoded straight into its parameter (the state dict's tensors share their
+    # storage), one at a time: the float32 model plus one tensor in memory, not the model twice.
+    # The names were checked to cover every parameter (a tied head is the embedding itself).
+    with torch.no_grad():
+        for name, key in wanted.items():
+            t = decode(tensors[name])
+            expected[key].copy_(from_gguf_layout(key, t, cfg.n_heads, cfg.n_kv_heads) if arch == "llama" else t)
+            del t
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
