@@ -96,3 +96,17 @@ def test_gguf_tensors_whose_shapes_disagree_with_the_metadata_are_named(tmp_path
     message = r"tensor shapes do not match .*ffn_gate.weight \(64, 48\) \(expected \(80, 48\)\)"
     with pytest.raises(ValueError, match=message):
         load_gguf(tmp_path / "m.gguf")
+
+
+def test_a_checkpoint_loads_memory_mapped_on_the_cpu(tmp_path, monkeypatch):
+    import transformer_toolkit.trainer.checkpoint as checkpoint
+
+    ref, load = _saved(tmp_path, "checkpoint")
+    seen = []
+    real = checkpoint.read_ckpt
+    monkeypatch.setattr(checkpoint, "read_ckpt", lambda *a, **k: seen.append(k.get("mmap")) or real(*a, **k))
+    x = torch.randint(0, ref.cfg.vocab_size, (1, 16))
+    assert torch.equal(load()(x)[0], ref(x)[0])
+    # a callable map_location may move storages anywhere: read the file whole then
+    model = Transformer.from_checkpoint(tmp_path / "best.pt", map_location=lambda storage, loc: storage)
+    assert torch.equal(model(x)[0], ref(x)[0]) and seen == [True, False]
