@@ -103,7 +103,7 @@ def _run_metrics(run: str) -> tuple[dict, int | None]:
     from ..model.loading import resolve_checkpoint
     from ..trainer.checkpoint import read_ckpt
 
-    ckpt = read_ckpt(resolve_checkpoint(run))
+    ckpt = read_ckpt(resolve_checkpoint(run), mmap=True)  # mmap: reads the numbers, not the weights
     metrics = {}
     for key in ("val_loss", "best_val_loss"):
         v = ckpt.get(key)
