@@ -175,17 +175,20 @@ class GraphStep:
     """
 
     def __init__(self, model, cache, batch: int, device: torch.device):
+        self.device = device
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up (allocations, lazy kernel setup) outside the capture
-                model(self.tok, cache=cache, start_pos=self.pos)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits, _ = model(self.tok, cache=cache, start_pos=self.pos)
+        # on the model's GPU, which need not be the current one (a model on cuda:1, say)
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up (allocations, lazy kernel setup) outside the capture
+                    model(self.tok, cache=cache, start_pos=self.pos)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+                self.logits, _ = model(self.tok, cache=cache, start_pos=self.pos)
 
     @classmethod
     def create(cls, model, cache, batch: int, device: torch.device) -> GraphStep | None:
@@ -200,7 +203,8 @@ class GraphStep:
     def __call__(self, tokens: Tensor, pos: int) -> Tensor:
         self.tok.copy_(tokens)
         self.pos.fill_(pos)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.logits
 
 
@@ -228,6 +232,12 @@ class CompiledStep:
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         mode = "reduce-overhead" if device.type == "cuda" else "default"
+        if device.type == "cuda":
+            # CUDA graph trees record a step only when every input it writes in place has a static
+            # address; the cache buffers are written (index_copy_) every step, so mark them, and
+            # the token and position buffers (without guards: a new cache re-records, no recompile)
+            for t in (self.tok, self.pos, *(b for layer in cache for b in layer.buffers)):
+                torch._dynamo.mark_static_address(t, guard=False)
         if mode not in CompiledStep._compiled:
             CompiledStep._compiled[mode] = torch.compile(_decode_step, dynamic=False, mode=mode)
         self.fn = CompiledStep._compiled[mode]
@@ -355,9 +365,11 @@ def _decode_loop(model, out: Tensor, T0: int, max_new: int, temperature: float, 
             n_ctx += 1
 
 
-def _as_batch(tokens) -> tuple[Tensor, bool]:
-    if not isinstance(tokens, Tensor):
-        tokens = torch.tensor(tokens, dtype=torch.long)
+def _as_batch(tokens, model) -> tuple[Tensor, bool]:
+    """``(tokens as (B, T) on the model's device, whether they were 1-D)``: a list, or a CPU
+    prompt for a GPU model, is moved where the model is."""
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(tokens, dtype=None if isinstance(tokens, Tensor) else torch.long, device=device)
     return (tokens.unsqueeze(0), True) if tokens.dim() == 1 else (tokens, False)
 
 
@@ -380,7 +392,7 @@ def generate(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k:
     ``prompt_cache`` (a ``PromptCache``, reused across calls): prefill only the part of
     ``tokens`` after the prefix the previous call already cached, as a chat's next turn.
     """
-    batch, squeeze = _as_batch(tokens)
+    batch, squeeze = _as_batch(tokens, model)
     result = batch.to(torch.long)
     was_training = model.training
     model.eval()
@@ -400,7 +412,7 @@ def stream(model, tokens, max_new: int = 100, temperature: float = 1.0, top_k: i
            prompt_cache: PromptCache | None = None) -> Iterator[Tensor]:
     """Yield each new token as it is sampled: a ``(B,)`` tensor (a 0-dim tensor for 1-D input).
     ``compile`` and ``prompt_cache`` as in ``generate``."""
-    batch, squeeze = _as_batch(tokens)
+    batch, squeeze = _as_batch(tokens, model)
     was_training = model.training
     model.eval()
     try:

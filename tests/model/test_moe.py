@@ -386,3 +386,16 @@ def test_moe_model_forward_has_no_host_sync(sync_spy):
         model(torch.randint(0, 97, (2, 12)))
         assert sync_spy["_grouped_mm"] - before == 3 * model.cfg.n_layers
     assert sync_spy["tolist"] == sync_spy["item"] == sync_spy["nonzero"] == 0
+
+
+@pytest.mark.parametrize(("capability", "dtype", "native"), [
+    ((9, 0), torch.bfloat16, True), ((10, 0), torch.bfloat16, True), ((9, 0), torch.float32, False),
+    ((8, 0), torch.bfloat16, False), ((12, 0), torch.bfloat16, False), ((8, 6), torch.float16, False)])
+def test_grouped_mm_kernel_only_where_it_needs_no_host_sync(monkeypatch, capability, dtype, native):
+    from transformer_toolkit.model.moe import native_grouped_mm
+
+    # on CUDA, torch._grouped_mm's own kernel is bf16 on Hopper/Blackwell; elsewhere it falls back to
+    # a loop that copies the offsets to the host, which a CUDA-graph capture cannot hold
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert native_grouped_mm(torch.device("cuda"), dtype) is native
+    assert native_grouped_mm(torch.device("cpu"), dtype)

@@ -34,24 +34,38 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
+def native_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs its own kernel, with no host sync: on CPU, and on CUDA
+    for bf16 on compute capability 9.x / 10.x (Hopper, Blackwell). Elsewhere on CUDA it falls
+    back to a loop that copies ``offs`` to the host, which a CUDA-graph capture cannot hold."""
+    if device.type != "cuda":
+        return True
+    return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
+
+
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """Rows ``offs[e-1]:offs[e]`` of ``x`` (N, D_in) times ``w[e]`` (D_in, D_out) -> (N, D_out).
 
-    Uses ``torch._grouped_mm`` where the device and dtype support it (CPU; bf16 on recent CUDA);
-    elsewhere falls back to a loop over the slices (which reads ``offs`` on the host).
+    Uses ``torch._grouped_mm`` where the device and dtype support it (``native_grouped_mm``);
+    a few rows in a compiled or CUDA-graph decode step otherwise run as one batched matmul; the
+    rest falls back to a loop over the slices (which reads ``offs`` on the host).
     Runs in the autocast dtype when autocast is on, like ``torch.matmul`` would.
     """
     dt = compute_dtype(x)
     x, w = x.to(dt), w.to(dt)
-    traced_non_bf16 = torch.compiler.is_compiling() and dt != torch.bfloat16  # torch.compile's
-    # shape rule for _grouped_mm takes bf16 only
-    if traced_non_bf16 and x.shape[0] <= 64:
-        # a few rows (a compiled decode step): one batched matmul with each row's expert gathered
+    native = native_grouped_mm(x.device, dt)
+    # torch.compile's shape rule for _grouped_mm takes bf16 only
+    use_grouped = native and (dt == torch.bfloat16 or not torch.compiler.is_compiling())
+    no_sync = (torch.compiler.is_compiling() and not use_grouped) or (
+        x.is_cuda and not native and torch.cuda.is_current_stream_capturing())
+    if no_sync and x.shape[0] <= 64:
+        # a few rows (a compiled or captured decode step): one batched matmul with each row's
+        # expert gathered, no host sync
         rows = torch.arange(x.shape[0], device=x.device)
         expert = torch.searchsorted(offs, rows, right=True)  # offs[e-1] <= row < offs[e]
         return torch.bmm(x.unsqueeze(1), w[expert]).squeeze(1)
     key = (x.device.type, dt, w.shape[-2], w.shape[-1])
-    if not traced_non_bf16 and _GROUPED_MM_OK.get(key, True):
+    if use_grouped and _GROUPED_MM_OK.get(key, True):
         try:
             return torch._grouped_mm(x, w, offs=offs)
         except (RuntimeError, NotImplementedError):
