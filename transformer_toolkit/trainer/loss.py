@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 BLOCK_ELEMENTS = {"cpu": 1 << 21}  # fp32 buffer per block: 8 MB on CPU (cache-sized)
-DEFAULT_BLOCK_ELEMENTS = 1 << 27  # elsewhere (GPUs): blocks of 512 MB, few launches
+DEFAULT_BLOCK_ELEMENTS = 1 << 25  # elsewhere (GPUs): fp32 blocks of 128 MB (log_softmax of bf16 upcasts a copy
+# first, so a block briefly holds twice that), few launches
 
 
 def _block_rows(logits: Tensor) -> int:
