@@ -112,16 +112,20 @@ class PromptCache:
         held one: at most T - 1, so at least one token is prefilled and gives logits."""
         if not self._valid(weights, window.shape[0]) or model.cfg.ffn == "moe_ec" or len(self.cache) != len(cache):
             return 0
-        for old_layer, new_layer in zip(self.cache, cache, strict=True):
-            for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
-                if (old.shape[:-2], old.shape[-1], old.dtype, old.device) != \
-                        (new.shape[:-2], new.shape[-1], new.dtype, new.device):
-                    return 0
+        for old, new in self._buffer_pairs(cache):
+            if (old.shape[:-2], old.shape[-1], old.dtype, old.device) != \
+                    (new.shape[:-2], new.shape[-1], new.dtype, new.device):
+                return 0
         n = min(self.ids.shape[1], window.shape[1] - 1)
         if n <= 0:
             return 0
         same = (self.ids[:, :n] == window[:, :n]).all(dim=0)
         return n if bool(same.all()) else int(same.to(torch.int8).argmin())
+
+    def _buffer_pairs(self, cache: list):
+        """``(held buffer, buffer of cache)`` for every layer's buffers, in order."""
+        for old_layer, new_layer in zip(self.cache, cache, strict=True):
+            yield from zip(old_layer.buffers, new_layer.buffers, strict=True)
 
     def _with_room(self, weights: tuple | None, batch: int, needed: int) -> list | None:
         """The held cache if it is valid for these weights and batch and has ``needed`` slots."""
@@ -133,9 +137,8 @@ class PromptCache:
         its length. The held state is dropped until the call holds its own."""
         reused = self._prefix(model, weights, window, cache)
         if reused and cache is not self.cache:
-            for old_layer, new_layer in zip(self.cache, cache, strict=True):
-                for old, new in zip(old_layer.buffers, new_layer.buffers, strict=True):
-                    new[..., :reused, :] = old[..., :reused, :]
+            for old, new in self._buffer_pairs(cache):
+                new[..., :reused, :] = old[..., :reused, :]
         self.clear()
         self.reused = reused
         return reused

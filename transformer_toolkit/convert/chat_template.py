@@ -32,7 +32,9 @@ def read_chat_template(path: str | os.PathLike) -> str | None:
     or a ``.gguf`` file's ``tokenizer.chat_template``; None when there is none."""
     path = os.fspath(path)
     if path.endswith(".gguf") and os.path.isfile(path):
-        return _gguf_template(path)
+        from .gguf import gguf_chat_template
+
+        return gguf_chat_template(path)
     jinja = os.path.join(path, "chat_template.jinja")
     if os.path.isfile(jinja):
         with open(jinja, encoding="utf-8") as f:
@@ -45,12 +47,6 @@ def read_chat_template(path: str | os.PathLike) -> str | None:
         named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
         t = named.get("default") or next(iter(named.values()), None)
     return t if isinstance(t, str) else None
-
-
-def _gguf_template(path: str) -> str | None:
-    from .gguf import gguf_chat_template
-
-    return gguf_chat_template(path)
 
 
 def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True, bos_token: str = "",

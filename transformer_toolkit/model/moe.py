@@ -53,11 +53,10 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """
     dt = compute_dtype(x)
     x, w = x.to(dt), w.to(dt)
-    native = native_grouped_mm(x.device, dt)
+    native, compiling = native_grouped_mm(x.device, dt), torch.compiler.is_compiling()
     # torch.compile's shape rule for _grouped_mm takes bf16 only
-    use_grouped = native and (dt == torch.bfloat16 or not torch.compiler.is_compiling())
-    no_sync = (torch.compiler.is_compiling() and not use_grouped) or (
-        x.is_cuda and not native and torch.cuda.is_current_stream_capturing())
+    use_grouped = native and (dt == torch.bfloat16 or not compiling)
+    no_sync = (compiling and not use_grouped) or (x.is_cuda and not native and torch.cuda.is_current_stream_capturing())
     if no_sync and x.shape[0] <= 64:
         # a few rows (a compiled or captured decode step): one batched matmul with each row's
         # expert gathered, no host sync

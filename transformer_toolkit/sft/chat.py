@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-
 from ..generation import PromptCache, stream
 from .templates import ChatTemplate
 
@@ -47,9 +45,10 @@ class ChatSession:
         self.history, self._start = [], 0
         self.prompt_cache.clear()
 
-    def messages(self, prompt: str) -> list[dict]:
+    def messages(self, prompt: str, start: int = 0) -> list[dict]:
+        """The system message, ``history[start:]`` and ``prompt`` as the new user message."""
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.history + [{"role": "user", "content": prompt}]
+        return system + self.history[start:] + [{"role": "user", "content": prompt}]
 
     def prompt_ids(self, messages: list[dict], room: int) -> list[int]:
         """Token ids of the conversation plus the assistant header, short enough that ``room`` new
@@ -90,9 +89,7 @@ class ChatSession:
         start = self._start if self._start <= len(self.history) else 0  # 0: the history was cut by hand
         while start < len(self.history) and self.history[start]["role"] != "user":
             start += 1  # the history was edited by hand: start at an exchange
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        window = system + self.history[start:] + [{"role": "user", "content": prompt}]
-        ids, dropped = self._fit(window, room, shrink=True)
+        ids, dropped = self._fit(self.messages(prompt, start), room, shrink=True)
         self._start = start + dropped
         return ids
 
@@ -122,8 +119,7 @@ class ChatSession:
         cut short (the stream closed early, or Ctrl-C while generating) joins it as far as it
         was shown, if anything was."""
         opts = self.defaults | overrides
-        device = next(self.model.parameters()).device
-        ids = torch.tensor(self._turn_ids(prompt, opts["max_new"]), dtype=torch.long, device=device)
+        ids = self._turn_ids(prompt, opts["max_new"])  # stream puts them on the model's device
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
         new: list[int] = []
         shown, finished = "", False
