@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ffn import DENSE_FFN, GELU, SwiGLU
+from .ffn import SwiGLU
 
 # (device type, dtype, in, out) -> whether torch._grouped_mm accepted it (it needs 16-byte aligned rows)
 _GROUPED_MM_OK: dict[tuple, bool] = {}
@@ -130,6 +130,10 @@ class TokenChoiceMoE(nn.Module):
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
 
+    @classmethod
+    def from_config(cls, cfg) -> TokenChoiceMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.top_k, cfg.moe_aux_weight, cfg.moe_norm_topk)
+
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         B, T, D = x.shape
         xf = x.reshape(B * T, D)
@@ -149,10 +153,15 @@ class SharedExpertMoE(nn.Module):
         self.shared = SwiGLU(dim, n_shared * hidden) if n_shared else None
         self.routed = TokenChoiceMoE(dim, hidden, n_routed, top_k, aux_weight, normalize)
 
+    @classmethod
+    def from_config(cls, cfg) -> SharedExpertMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.moe_n_shared, cfg.moe_n_routed, cfg.top_k, cfg.moe_aux_weight,
+                   cfg.moe_norm_topk)
+
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         y, aux = self.routed(x)
         if self.shared is not None:
-            y = y + self.shared(x)
+            y = y + self.shared(x)[0]
         return y, aux
 
 
@@ -180,6 +189,10 @@ class ExpertChoiceMoE(nn.Module):
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
 
+    @classmethod
+    def from_config(cls, cfg) -> ExpertChoiceMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.moe_capacity, cfg.top_k)
+
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         B, T, D = x.shape
         E = self.router.out_features
@@ -196,22 +209,3 @@ class ExpertChoiceMoE(nn.Module):
         y = y * gate.transpose(0, 1).reshape(E, B * C, 1).to(y.dtype)
         out = torch.zeros(B * T, D, dtype=y.dtype, device=x.device).index_add_(0, rows.reshape(-1), y.reshape(-1, D))
         return out.view(B, T, D).to(x.dtype), zero
-
-
-def build_ffn(cfg) -> nn.Module:
-    """The feed-forward module named by ``cfg.ffn``."""
-    if cfg.ffn in DENSE_FFN:
-        act = GELU[cfg.gelu] if cfg.ffn in ("ffn", "geglu") else None
-        return DENSE_FFN[cfg.ffn](cfg.dim, cfg.hidden_dim, bias=cfg.bias, act=act)
-    h = cfg.moe_hidden_dim
-    if cfg.ffn == "moe":
-        return TokenChoiceMoE(cfg.dim, h, cfg.n_experts, cfg.top_k, cfg.moe_aux_weight, cfg.moe_norm_topk)
-    if cfg.ffn == "moe_shared":
-        return SharedExpertMoE(cfg.dim, h, cfg.moe_n_shared, cfg.moe_n_routed, cfg.top_k,
-                               cfg.moe_aux_weight, cfg.moe_norm_topk)
-    if cfg.ffn == "moe_ec":
-        return ExpertChoiceMoE(cfg.dim, h, cfg.n_experts, cfg.moe_capacity, cfg.top_k)
-    raise ValueError(f"unknown ffn {cfg.ffn!r}; valid: {', '.join([*DENSE_FFN, *MOE])}")
-
-
-MOE = {"moe": TokenChoiceMoE, "moe_ec": ExpertChoiceMoE, "moe_shared": SharedExpertMoE}

@@ -18,36 +18,29 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from . import debug as _debug
-from .attention import Attention, AttnContext, FlashAttention
+from .attention import AttnContext
 from .cache import LayerCache
 from .config import TransformerConfig
-from .mla import MLAttention
-from .moe import MOE, Experts, build_ffn, compute_dtype
-from .norm import build_norm
-from .position import LearnedPE, RotaryEmbedding, SinusoidalPE, alibi_bias, alibi_slopes
-
-ATTENTION = {"mha": Attention, "gqa": Attention, "mqa": Attention, "flash": FlashAttention, "mla": MLAttention}
+from .moe import Experts, compute_dtype
+from .position import alibi_bias
+from .variants import ATTENTION, FFN, NORM, POS_ENC
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``; returns the
+    new residual stream and the feed-forward's auxiliary loss (None for a dense one)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.attn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.attn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
         self.attn = ATTENTION[cfg.attn](cfg)
-        self.ffn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
-        self.ffn = build_ffn(cfg)
-        self.is_moe = cfg.ffn in MOE
+        self.ffn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
+        self.ffn = FFN[cfg.ffn].from_config(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         x = x + self.drop(self.attn(self.attn_norm(x), ctx, cache))
-        h = self.ffn_norm(x)
-        if self.is_moe:
-            y, aux = self.ffn(h, ctx.continuing)
-        else:
-            y, aux = self.ffn(h), None
+        y, aux = self.ffn(self.ffn_norm(x), ctx.continuing)
         return x + self.drop(y), aux
 
 
@@ -65,22 +58,16 @@ class Transformer(nn.Module):
             cfg = TransformerConfig(**cfg)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = None
-        if cfg.pos_enc == "learned":
-            self.pos = LearnedPE(cfg.dim, cfg.max_seq)
-        elif cfg.pos_enc == "sinusoidal":
-            self.pos = SinusoidalPE(cfg.dim, cfg.max_seq, rms=cfg.init_std)
-        self.rope = None
-        if cfg.pos_enc == "rope":
-            rot = cfg.rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-            self.rope = RotaryEmbedding(rot, cfg.max_seq, cfg.rope_theta)
-        if cfg.pos_enc == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
+        # at most one is set: a position table added to the residual stream (learned, sinusoidal),
+        # RoPE tables or ALiBi slopes (used inside attention)
+        self.pos, self.rope, slopes = POS_ENC[cfg.pos_enc](cfg)
+        if slopes is not None:
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
         else:
             self.alibi_slopes = None
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.norm = NORM[cfg.norm](cfg.dim, cfg.eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
