@@ -18,11 +18,10 @@ from .native import is_native, load_native, save_native
 
 
 def gguf_module():
-    """``transformer_toolkit.convert.gguf``, imported on first use (it needs the ``gguf`` package)."""
-    try:
-        from . import gguf
-    except ImportError as e:
-        raise ImportError(f"GGUF support is not available ({e}); install it with pip install gguf") from e
+    """``transformer_toolkit.convert.gguf``, imported on first use (its functions import the
+    ``gguf`` package, through ``optional.require``)."""
+    from . import gguf
+
     return gguf
 
 

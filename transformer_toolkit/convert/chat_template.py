@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+from ..optional import require
 from ..sft.templates import PRESETS, ChatTemplate
 from .files import read_json
 
@@ -53,8 +54,9 @@ def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True,
            eos_token: str = "") -> str:
     """Render a transformers-style chat template (sandboxed Jinja, ``trim_blocks`` and
     ``lstrip_blocks`` on, ``raise_exception`` available, as transformers renders it)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    loopcontrols = require("jinja2.ext", "rendering a model's chat template", "hf").loopcontrols
+    ImmutableSandboxedEnvironment = require("jinja2.sandbox", "rendering a model's chat template",
+                                            "hf").ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise ValueError(f"chat template refused the conversation: {message}")

@@ -23,6 +23,7 @@ from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
 from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
+from ..optional import require
 from ..tokenizer.hf import HFTokenizer
 from .gguf_reader import GGUFFile
 from .gguf_tensors import FILE_TYPES, WRITABLE, check_types, decode, encode, from_gguf_layout, gguf_name, to_gguf_layout
@@ -33,11 +34,7 @@ ARCHES = ("llama", "qwen2")
 
 
 def _gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise ImportError('GGUF support needs the gguf package: pip install "transformer-toolkit[gguf]"') from e
-    return gguf
+    return require("gguf", "GGUF support", "gguf")
 
 
 # export ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..atomic import atomic_write_text
+from ..optional import require
 from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list
 from .chunking import split_text
 
@@ -35,11 +36,7 @@ PARALLEL_CHARS = 1 << 20
 
 
 def _require_tokenizers():
-    try:
-        import tokenizers
-    except ImportError as e:  # a core dependency, so only a broken install gets here
-        raise ImportError("RustBPETokenizer needs the `tokenizers` package: pip install tokenizers") from e
-    return tokenizers
+    return require("tokenizers", "RustBPETokenizer", None)  # a core dependency: only a broken install fails
 
 
 class RustBPETokenizer:
@@ -204,10 +201,7 @@ class RustBPETokenizer:
 
     def to_transformers(self):
         """This tokenizer as a ``transformers.PreTrainedTokenizerFast`` with its special tokens set."""
-        try:
-            from transformers import PreTrainedTokenizerFast
-        except ImportError as e:
-            raise ImportError('to_transformers() needs transformers: pip install "transformer-toolkit[hf]"') from e
+        PreTrainedTokenizerFast = require("transformers", "to_transformers()", "hf").PreTrainedTokenizerFast
         named = {"unk_token": "[UNK]", "pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
         named = {k: v for k, v in named.items() if self.token_to_id(v) is not None}
         extra = [s for s in SPECIAL_TOKENS if s not in named.values() and self.token_to_id(s) is not None]
