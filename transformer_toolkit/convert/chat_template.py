@@ -18,8 +18,8 @@ import os
 from datetime import datetime
 
 from ..optional import require
-from ..sft.templates import PRESETS, ChatTemplate
-from .files import read_json
+from ..tokenizer.loading import folder_chat_template
+from ..tokenizer.templates import PRESETS, ChatTemplate
 
 # Probes: with a system message first; a template that refuses system messages gets the second.
 _TURNS = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
@@ -36,18 +36,7 @@ def read_chat_template(path: str | os.PathLike) -> str | None:
         from .gguf import gguf_chat_template
 
         return gguf_chat_template(path)
-    jinja = os.path.join(path, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    cfg_path = os.path.join(path, "tokenizer_config.json")
-    if not os.path.isfile(cfg_path):
-        return None
-    t = read_json(cfg_path).get("chat_template")
-    if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
-        t = named.get("default") or next(iter(named.values()), None)
-    return t if isinstance(t, str) else None
+    return folder_chat_template(path)
 
 
 def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True, bos_token: str = "",

@@ -35,7 +35,7 @@ def as_template(template):
     """A preset name -> ``ChatTemplate``; a ChatTemplate or None passes through."""
     if template is None or not isinstance(template, str):
         return template
-    from ..sft.templates import ChatTemplate
+    from ..tokenizer.templates import ChatTemplate
 
     return ChatTemplate(template)
 

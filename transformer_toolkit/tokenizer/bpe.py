@@ -21,15 +21,7 @@ from ..atomic import atomic_write_text
 from ..optional import require
 from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list
 from .chunking import split_text
-
-# Special tokens each chat format needs as single ids (validate_template checks them).
-TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    "gemma": ("<start_of_turn>", "<end_of_turn>"),
-    "alpaca": (),
-    "raw": (),
-}
+from .templates import PRESETS
 
 # Texts longer than this are cut at safe points and encoded in parallel (see chunking.py).
 PARALLEL_CHARS = 1 << 20
@@ -179,9 +171,9 @@ class RustBPETokenizer:
         Returns ``{token: id}``; raises ValueError listing the fragmented tokens otherwise.
         """
         if isinstance(template, str):
-            if template not in TEMPLATE_TOKENS:
-                raise ValueError(f"unknown template {template!r}; presets: {', '.join(TEMPLATE_TOKENS)}")
-            tokens = TEMPLATE_TOKENS[template]
+            if template not in PRESETS:
+                raise ValueError(f"unknown template {template!r}; presets: {', '.join(PRESETS)}")
+            tokens = PRESETS[template].special_tokens
         else:
             tokens = tuple(getattr(template, "special_tokens", template))
         found, fragmented = {}, []
