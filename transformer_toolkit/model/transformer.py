@@ -259,32 +259,36 @@ class Transformer(nn.Module):
                       prompt_cache)
 
     # weights and parameters ---------------------------------------------------------------
+    # from_checkpoint, from_pretrained, save_pretrained and save_gguf are entry points of the I/O
+    # layer (transformer_toolkit.store), which sits above the model: each imports it when called.
+    # They are the only upward imports of model/ (see the import-linter contracts in pyproject.toml).
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> Transformer:
-        """Rebuild from a .pt checkpoint or a run folder (see model/loading.py)."""
-        from .loading import load_transformer
-        return load_transformer(path, map_location)
+        """Rebuild from a .pt checkpoint or a run folder (``store.load_model``; the checkpoint holds
+        its config). ``map_location``: where the weights go (default CPU, memory-mapped)."""
+        from ..store import load_model
+        return load_model(path, map_location=map_location)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, **overrides) -> Transformer:
         """Load a transformers folder (Llama / Mistral / Qwen2 / SmolLM / GPT-2 / Mixtral, safetensors),
-        a folder from ``push_to_hub``/``pull_from_hub``, or a ``.gguf`` file; ``overrides`` replace
-        config fields (e.g. ``max_seq=512``). See ``transformer_toolkit.convert``."""
-        from ..convert import load_model
-        return load_model(path, dtype, **overrides)
+        a folder from ``push_to_hub``/``pull_from_hub``, a ``.gguf`` file or a Hub repo id
+        (``store.load_model``); ``overrides`` replace config fields (e.g. ``max_seq=512``)."""
+        from ..store import load_model
+        return load_model(path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path, tokenizer=None, template=None) -> str:
         """Write a folder that ``transformers.AutoModelForCausalLM.from_pretrained`` and
         ``AutoTokenizer.from_pretrained`` load; ``template`` (a preset name or ChatTemplate) becomes
         the tokenizer's chat template. Raises ValueError naming the fields that have no
         transformers counterpart."""
-        from ..convert import save_pretrained
+        from ..store import save_pretrained
         return save_pretrained(self, path, tokenizer=tokenizer, template=template)
 
     def save_gguf(self, path, tokenizer=None, template=None, dtype: str = "f16") -> str:
         """Write a GGUF file for llama.cpp (``dtype`` "f16", "f32" or "q8_0")."""
-        from ..convert.auto import gguf_module
-        return gguf_module().save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
+        from ..store import save_gguf
+        return save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
 
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
