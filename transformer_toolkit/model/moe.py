@@ -9,8 +9,8 @@
 
 Dispatch has no Python loop over experts or boolean masks and no host sync: the (token, expert)
 pairs are sorted by expert, the token rows gathered, every expert run on its contiguous slice by
-one grouped matmul (``torch._grouped_mm``), scaled by the routing weight and summed back with
-``index_add_``.
+one grouped matmul (``kernels.grouped_mm``: ``torch._grouped_mm`` where it runs natively), scaled
+by the routing weight and summed back with ``index_add_``.
 """
 
 from __future__ import annotations
@@ -23,54 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ffn import SwiGLU
-
-# (device type, dtype, in, out) -> whether torch._grouped_mm accepted it (it needs 16-byte aligned rows)
-_GROUPED_MM_OK: dict[tuple, bool] = {}
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmuls on ``x``'s device run in: the autocast dtype when autocast is on."""
-    dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-
-
-def native_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._grouped_mm`` runs its own kernel, with no host sync: on CPU, and on CUDA
-    for bf16 on compute capability 9.x / 10.x (Hopper, Blackwell). Elsewhere on CUDA it falls
-    back to a loop that copies ``offs`` to the host, which a CUDA-graph capture cannot hold."""
-    if device.type != "cuda":
-        return True
-    return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
-
-
-def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
-    """Rows ``offs[e-1]:offs[e]`` of ``x`` (N, D_in) times ``w[e]`` (D_in, D_out) -> (N, D_out).
-
-    Uses ``torch._grouped_mm`` where the device and dtype support it (``native_grouped_mm``);
-    a few rows in a compiled or CUDA-graph decode step otherwise run as one batched matmul; the
-    rest falls back to a loop over the slices (which reads ``offs`` on the host).
-    Runs in the autocast dtype when autocast is on, like ``torch.matmul`` would.
-    """
-    dt = compute_dtype(x)
-    x, w = x.to(dt), w.to(dt)
-    native, compiling = native_grouped_mm(x.device, dt), torch.compiler.is_compiling()
-    # torch.compile's shape rule for _grouped_mm takes bf16 only
-    use_grouped = native and (dt == torch.bfloat16 or not compiling)
-    no_sync = (compiling and not use_grouped) or (x.is_cuda and not native and torch.cuda.is_current_stream_capturing())
-    if no_sync and x.shape[0] <= 64:
-        # a few rows (a compiled or captured decode step): one batched matmul with each row's
-        # expert gathered, no host sync
-        rows = torch.arange(x.shape[0], device=x.device)
-        expert = torch.searchsorted(offs, rows, right=True)  # offs[e-1] <= row < offs[e]
-        return torch.bmm(x.unsqueeze(1), w[expert]).squeeze(1)
-    key = (x.device.type, dt, w.shape[-2], w.shape[-1])
-    if use_grouped and _GROUPED_MM_OK.get(key, True):
-        try:
-            return torch._grouped_mm(x, w, offs=offs)
-        except (RuntimeError, NotImplementedError):
-            _GROUPED_MM_OK[key] = False
-    bounds = [0] + offs.tolist()
-    return torch.cat([x[bounds[e]:bounds[e + 1]] @ w[e] for e in range(w.shape[0])])
+from .kernels import Linear, compute_dtype, grouped_mm
 
 
 class Experts(nn.Module):
@@ -127,7 +80,7 @@ class TokenChoiceMoE(nn.Module):
                  normalize: bool = True):
         super().__init__()
         self.top_k, self.aux_weight, self.normalize = top_k, aux_weight, normalize
-        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.router = Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
 
     @classmethod
@@ -186,7 +139,7 @@ class ExpertChoiceMoE(nn.Module):
     def __init__(self, dim: int, hidden: int, n_experts: int, capacity: float, top_k: int):
         super().__init__()
         self.capacity, self.top_k = capacity, top_k
-        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.router = Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
 
     @classmethod

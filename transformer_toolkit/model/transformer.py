@@ -21,7 +21,8 @@ from . import debug as _debug
 from .attention import AttnContext
 from .cache import LayerCache
 from .config import TransformerConfig
-from .moe import Experts, compute_dtype
+from .kernels import Linear, compute_dtype
+from .moe import Experts
 from .position import alibi_bias
 from .variants import ATTENTION, FFN, NORM, POS_ENC
 
@@ -68,10 +69,11 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = NORM[cfg.norm](cfg.dim, cfg.eps)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.grad_checkpoint = False  # recompute each block in backward (set by the trainer)
+        self.kernel_mode = None  # set inside kernels.decode_kernels; passed to attention in AttnContext
         self.register_load_state_dict_pre_hook(_fill_tied_head)
         self.init_weights()
         self.debug = debug
@@ -203,6 +205,7 @@ class Transformer(nn.Module):
             ctx = self._context(T, start_pos, tokens.device)
             if self.pos is not None:
                 x = x + self.pos(start_pos, T)
+        ctx.kernels = self.kernel_mode
         x = self.drop(x)
         trace = _debug.ForwardTrace(tokens, x) if self.debug and cache is None else None
         aux_total, n_aux = None, 0

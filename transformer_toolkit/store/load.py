@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ..convert import gguf_module, load_native, load_pretrained, template_for_model
+from ..convert.native import is_native
+from ..tokenizer import load_tokenizer
 from . import runs
 from .checkpoint import load_checkpoint_model
 
@@ -47,8 +50,6 @@ class Loaded:
         pretrained model the preset its own Jinja template renders like, else ``(chatml, False)``."""
         if self.kind not in PRETRAINED:
             return self.template or "chatml", True
-        from ..convert.chat_template import template_for_model
-
         return template_for_model(self.path, self.tokenizer)
 
 
@@ -61,8 +62,6 @@ def source_kind(path: str | os.PathLike) -> str | None:
         return None
     if (p / runs.CHECKPOINTS).is_dir() or not (p / "config.json").is_file():
         return RUN
-    from ..convert.native import is_native
-
     return NATIVE if is_native(p) else TRANSFORMERS
 
 
@@ -89,12 +88,7 @@ def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu
         loaded = Loaded(model, tok, kind, Path(path), ckpt, run_config, runs.template(run_config))
     else:
         model = _pretrained(path, kind, overrides)
-        tok = None
-        if tokenizer:
-            from ..tokenizer import load_tokenizer
-
-            tok = load_tokenizer(path)
-        loaded = Loaded(model, tok, kind, Path(path))
+        loaded = Loaded(model, load_tokenizer(path) if tokenizer else None, kind, Path(path))
     if dtype is not None:
         loaded.model = loaded.model.to(dtype)
     return loaded
@@ -105,14 +99,12 @@ def load_model(source: str | os.PathLike, **kwargs) -> torch.nn.Module:
     return load(source, tokenizer=False, **kwargs).model
 
 
-def _pretrained(path: Path, kind: str, overrides: dict):
-    from .. import convert
-
+def _pretrained(path: str, kind: str, overrides: dict):
     if kind == GGUF:
-        return convert.gguf_module().load_gguf(path, **overrides)
+        return gguf_module().load_gguf(path, **overrides)
     if kind == NATIVE:
-        return convert.load_native(path, **overrides)
-    return convert.load_pretrained(path, **overrides)
+        return load_native(path, **overrides)
+    return load_pretrained(path, **overrides)
 
 
 def _local(source, revision, save_dir, api) -> str:

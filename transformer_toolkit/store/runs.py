@@ -21,6 +21,10 @@ from pathlib import Path
 import yaml
 
 from ..atomic import atomic_write_text
+from ..convert.hf_io import write_tokenizer
+from ..tokenizer import ByteLevelTokenizer, RustBPETokenizer
+from ..tokenizer import load_tokenizer as load_any_tokenizer
+from ..tokenizer.templates import ChatTemplate
 from .checkpoint import latest_ckpt, read_ckpt
 
 CONFIG, TOKENIZER, CHECKPOINTS = "config.yaml", "tokenizer.json", "checkpoints"
@@ -73,8 +77,6 @@ def write_config(config: dict, run_dir: str | os.PathLike) -> None:
 def template(run_config: dict):
     """The chat template a run was fine-tuned with, as config.yaml stores it (a ChatTemplate for a
     dict, a preset name as is); None for a pretraining run."""
-    from ..tokenizer.templates import ChatTemplate
-
     t = (run_config.get("data") or {}).get("template")
     return ChatTemplate.from_dict(t) if isinstance(t, dict) else t
 
@@ -82,14 +84,12 @@ def template(run_config: dict):
 def load_tokenizer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None):
     """The run's tokenizer: a pretrained model's transformers files (``ttk sft --model``) or our
     tokenizer.json, in the run folder or next to ``checkpoint``."""
-    from ..tokenizer import load_tokenizer as load
-
     folders = [Path(run_dir)] + ([Path(checkpoint).parent] if checkpoint is not None else [])
     for folder in folders:
         if (folder / "tokenizer_config.json").is_file():
-            return load(folder)
+            return load_any_tokenizer(folder)
         if (folder / TOKENIZER).is_file():
-            return load(folder / TOKENIZER)
+            return load_any_tokenizer(folder / TOKENIZER)
     raise FileNotFoundError(f"no {TOKENIZER} in {os.fspath(run_dir)} "
                             f"{'' if checkpoint is None else f'or next to {os.fspath(checkpoint)}'}".rstrip())
 
@@ -97,9 +97,6 @@ def load_tokenizer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | N
 def save_tokenizer(tokenizer, run_dir: str | os.PathLike) -> None:
     """Keep the tokenizer in a run folder: ours as tokenizer.json, a transformers one (from a
     pretrained model) as its tokenizer files, which ``load_tokenizer`` reads back."""
-    from ..convert.hf_io import write_tokenizer
-    from ..tokenizer import ByteLevelTokenizer, RustBPETokenizer
-
     if isinstance(tokenizer, (RustBPETokenizer, ByteLevelTokenizer)):
         tokenizer.save(str(Path(run_dir) / TOKENIZER))
     else:
