@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..atomic import atomic_write_text, temp_path_for
 from ..optional import require
 
 
@@ -44,10 +45,7 @@ class MetricsLog:
                     if rec.get("step", 0) <= resume_step:
                         kept.append(rec)
         self.records = kept
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, event: str, step: int, **values) -> None:
         # NaN/inf become null: strict JSON has no such numbers (json.dumps would write NaN).
@@ -86,8 +84,8 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = self.dir / "loss.tmp.png"
-        fig.savefig(tmp)
+        tmp = temp_path_for(self.dir / "loss.png")  # a name of its own: see atomic.py
+        fig.savefig(tmp, format="png")
         os.replace(tmp, self.dir / "loss.png")
 
     def close(self) -> None:
