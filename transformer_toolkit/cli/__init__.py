@@ -8,6 +8,7 @@ exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from pydantic import ValidationError
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--out", default="tokenizer.json")
     p.add_argument("--max-mb", type=float, default=12.0, help="size cap of builtin:python-stdlib")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a tokenizer.json")
 
     p = sub.add_parser("prepare", help="tokenise text files into a token file (.bin) and train/val .npy")
     p.add_argument("files", nargs="+", help="text files, or builtin:python-stdlib")
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tokens.bin")
     p.add_argument("--split", type=float, help="also write OUT.train.npy / OUT.val.npy with this train fraction")
     p.add_argument("--max-mb", type=float, default=12.0)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a token file")
 
     p = sub.add_parser("train", help="pretrain a model (no arguments: builtin:python-stdlib, ~4 min on CPU)")
     _run_args(p, "quickstart")
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
                    help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0")
     p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not a GGUF file (gguf) or write into a folder that holds "
+                        "files but no model (hf)")
 
     p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
     _source_args(p)
@@ -121,6 +127,13 @@ def _first_line(e: BaseException) -> str:
     if isinstance(e, ValidationError) and len(lines) > 1:  # line 0 is "N validation errors for X"
         return lines[1] + (f": {lines[2]}" if len(lines) > 2 else "")
     return lines[0] if lines else type(e).__name__
+
+
+def _os_error(e: OSError) -> str:
+    fix = {errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
+           errno.EROFS: "choose a folder you can write to", errno.ENOSPC: "free some disk space"}.get(e.errno)
+    text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else _first_line(e)
+    return f"{text}; {fix}" if fix else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ttk {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: one line too (writes are atomic: nothing was lost)
+        if args.debug:
+            raise
+        print(f"ttk {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

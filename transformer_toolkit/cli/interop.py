@@ -11,6 +11,7 @@ import copy
 from contextlib import contextmanager
 
 from ..store import runs
+from .outputs import check_output, is_gguf, is_model_folder
 from .source import load_source
 
 HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
@@ -21,6 +22,11 @@ def cmd_export(args) -> int:
     """Write a run's (or a pretrained model's) model as a transformers folder or a GGUF file."""
     import torch
 
+    source = [args.run or args.model]
+    if args.format == "hf":
+        check_output(args.out, source, "a model folder", folder=True, looks_like=is_model_folder, force=args.force)
+    else:
+        check_output(args.out, source, "a GGUF file", looks_like=is_gguf, force=args.force)
     loaded = load_source(args)
     model, tok = loaded.model, loaded.tokenizer
     template = args.template or loaded.template  # None keeps a pretrained tokenizer's own

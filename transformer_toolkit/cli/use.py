@@ -10,62 +10,56 @@ from pathlib import Path
 
 from ..store import load, runs
 from . import config as C
+from . import runfolder as R
 from .builtin import synthetic_split
 from .source import chat_template, load_source
-from .train import resume_target, run_folder, train_config
 
 
 def cmd_sft(args, overrides: dict) -> int:
     """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
+    import torch
+
     from ..model import Transformer
     from ..sft import ChatSession, SFTTrainer, from_sft_json, from_sft_strings
     from ..sft.synthetic import exact_match
-    from ..tokenizer import RustBPETokenizer, load_tokenizer
 
-    raw = C.merge(C.read_yaml(args.config or "sft"), overrides)
-    if args.name:
-        raw["name"] = args.name
     if args.init and args.model:
         raise ValueError("give --init or --model, not both (they mean the same)")
-    if args.init or args.model:
-        raw["init"] = args.init or args.model
-    run = C.resolve(raw, "sft")
-    out = run_folder(args, run)
-    resume = resume_target(args, runs.checkpoint_dir(out))
-    ex, data_cfg = run["extras"], run["data"]
-    corpus = ex["corpus"]
-    if corpus == "builtin:synthetic":
-        train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"],
-                                          multi_turn=float(ex["multi_turn"]))
-    elif isinstance(corpus, str) and os.path.isfile(corpus):
-        train, held_out = None, []
-    else:
-        raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
+    with R.open_run(args, overrides, "sft", "sft") as (run, out, rerun):
+        if args.init or args.model:
+            run["init"] = args.init or args.model
+        resume = R.resume_target(args, runs.checkpoint_dir(out))
+        ex, data_cfg = run["extras"], run["data"]
+        corpus = ex["corpus"]
+        if corpus == "builtin:synthetic":
+            train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"],
+                                              multi_turn=float(ex["multi_turn"]))
+        elif isinstance(corpus, str) and os.path.isfile(corpus):
+            train, held_out = None, []
+        else:
+            raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
-    model = None
-    if run["init"]:  # a run, a checkpoint or a pretrained model; the recipe's template is what is trained
-        init = load(run["init"])
-        model, tok = init.model.train(), init.tokenizer
-    elif (out / runs.TOKENIZER).is_file() or ex["tokenizer"]:
-        tok = load_tokenizer(out / runs.TOKENIZER if (out / runs.TOKENIZER).is_file() else ex["tokenizer"])
-    else:
-        template = data_cfg.template
-        texts = [template.format_messages(s["messages"])[0] for s in (train or [])[:1000]]
-        if not texts:
-            from ..sft.loaders import read_json_samples
-            texts = [template.format_messages(s["messages"])[0] for s in read_json_samples(corpus)[:1000]]
-        tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
-    runs.save_tokenizer(tok, out)
+        model = None
+        if run["init"] and rerun and resume:  # the weights come from the run's own checkpoints
+            tok = runs.load_tokenizer(out)
+        elif run["init"]:
+            init = load(run["init"])
+            model, tok = init.model.train(), init.tokenizer
+            runs.save_tokenizer(tok, out)
+        else:
+            tok = sft_tokenizer(run, out, train, resuming=resume is not None)
 
-    data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
-    train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
-        from_sft_json(corpus, tok, data_cfg)
-    if model is None:
-        model = Transformer(C.model_config(run, tok.vocab_size))
-    train_cfg = train_config(run, out)
-    runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
-    t0 = time.time()
-    summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
+        data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
+        train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
+            from_sft_json(corpus, tok, data_cfg)
+        train_cfg = R.train_config(run, out)
+        if model is None:
+            torch.manual_seed(train_cfg.seed)  # the initial weights are part of what a seed reproduces
+            model = Transformer(C.model_config(run, tok.vocab_size))
+        t0 = time.time()
+        trainer = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok,
+                             data_config=R.data_settings(run))
+        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model.cfg, train_cfg))
     best = summary.get("best_val_loss")
     print(f"sft: step {summary['step']}, best val loss {best if best is None else round(best, 4)}, "
           f"{time.time() - t0:.0f}s -> {out}")
@@ -87,6 +81,37 @@ def cmd_sft(args, overrides: dict) -> int:
         print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts; "
               f"{exact_match(follow_up, held_out):.0%} as the second question of a chat")
     return 0
+
+
+def sft_tokenizer(run: dict, out: Path, train: list[dict] | None, resuming: bool):
+    """The SFT run's tokenizer: out/tokenizer.json when it was made from what is asked now
+    (runfolder.reusable), else data.tokenizer, else BPE trained on the conversations (up to 1000
+    of them, any schema, rendered with the run's template)."""
+    from ..sft.loaders import read_json_samples
+    from ..sft.render import to_messages
+    from ..tokenizer import RustBPETokenizer, load_tokenizer
+
+    ex, data_cfg = run["extras"], run["data"]
+    given = ex["tokenizer"]
+    if given:
+        wanted = {"tokenizer": os.path.abspath(given), "digest": R.input_digest(given)}
+    else:
+        source = {k: ex[k] for k in ("n_samples", "tasks", "multi_turn")} if train is not None else \
+            R.files_record([ex["corpus"]])
+        wanted = {"corpus": ex["corpus"], **source, "vocab_size": int(ex["vocab_size"]),
+                  "template": data_cfg.template.to_dict()}
+    if R.reusable(out, runs.TOKENIZER, wanted, resuming):
+        return load_tokenizer(out / runs.TOKENIZER)
+    if given:
+        tok = load_tokenizer(given)
+    else:
+        samples = (train if train is not None else read_json_samples(ex["corpus"]))[:1000]
+        texts = [data_cfg.template.format_messages(to_messages(s, i, data_cfg.schema))[0]
+                 for i, s in enumerate(samples)]
+        tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
+    runs.save_tokenizer(tok, out)
+    runs.record_made_from(out, runs.TOKENIZER, wanted)
+    return tok
 
 
 def cmd_generate(args) -> int:
@@ -162,10 +187,14 @@ def cmd_eval(args) -> int:
 
     from ..data.tokens import open_tokens
 
-    loaded = load_source(args)
-    model, tok = loaded.model, loaded.tokenizer
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1 (tokens per window), got {args.seq_len}")
+    if args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be >= 2, got {args.max_tokens}")
     if not os.path.isfile(args.data):
         raise FileNotFoundError(f"--data {args.data!r} does not exist")
+    loaded = load_source(args)
+    model, tok = loaded.model, loaded.tokenizer
     if Path(args.data).suffix in (".bin", ".npy"):
         ids = torch.as_tensor(open_tokens(args.data)[: args.max_tokens].astype("int64"))
     else:
@@ -174,6 +203,11 @@ def cmd_eval(args) -> int:
     T = min(args.seq_len or model.cfg.max_seq, model.cfg.max_seq)
     if len(ids) < 2:
         raise ValueError(f"{args.data} holds fewer than 2 tokens; nothing to evaluate")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= model.cfg.vocab_size:
+        raise ValueError(f"{args.data} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
+                         f"[0, {model.cfg.vocab_size}); it was made with another tokenizer: pass the text file, or "
+                         "tokenize it with this model's tokenizer (ttk prepare)")
     total, count = 0.0, 0
     with torch.no_grad():
         for a in range(0, len(ids) - 1, T):
