@@ -14,6 +14,10 @@ A checkpoint is one ``torch.save``'d dict::
     rng                 one entry per rank: torch / cuda / numpy / python RNG states
     data                one entry per rank: the train loader position (see batches.py)
     world_size, torch_version
+    frozen              None, or for a model with frozen parameters (LoRA) a fingerprint of
+                        them; ``model`` then holds the trainable parameters only
+    adapter             None, or the model's ``adapter_info`` (LoRA config, base weights' source)
+    extra               a Trainer subclass's own state (e.g. DPO's reference log-probs)
 
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(path, weights_only=True)``
 (the default since PyTorch 2.6) reads it and nothing is ever unpickled.
@@ -102,12 +106,25 @@ def config_diff(ckpt: dict, model: nn.Module) -> dict[str, tuple]:
     return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
 
 
-def load_model_state(ckpt: dict, model: nn.Module, path) -> None:
-    """``model.load_state_dict(ckpt["model"])``; a mismatch names the differing config fields."""
+def fingerprint(tensors) -> torch.Tensor:
+    """``(n, 2)`` float64: each tensor's sum and sum of squares. Equal weights give equal values;
+    any other weights almost surely do not (a check, not a hash: it costs one pass over them)."""
+    rows = []
+    with torch.no_grad():
+        for t in tensors:
+            t = t.full_tensor() if hasattr(t, "full_tensor") else t
+            d = t.detach().double()
+            rows.append(torch.stack([d.sum(), (d * d).sum()]).cpu())
+    return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+
+
+def load_model_state(ckpt: dict, model: nn.Module, path, strict: bool = True) -> None:
+    """``model.load_state_dict(ckpt["model"])``; a mismatch names the differing config fields.
+    ``strict=False``: a partial checkpoint (trainable parameters only; checked by the caller)."""
     diff = config_diff(ckpt, model)
     fields = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], strict=strict)
     except RuntimeError as e:
         hint = f" The configs differ ({fields}); build the model with TransformerConfig(**ckpt['model_config'])." \
             if diff else ""

@@ -1,0 +1,26 @@
+"""LoRA: low-rank adapters on our models' projections (dense, MLA and stacked MoE experts),
+merging and unmerging them, and export to PEFT folders and llama.cpp LoRA GGUF files.
+
+>>> from transformer_toolkit.lora import LoRAConfig, apply_lora      # doctest: +SKIP
+>>> apply_lora(model, LoRAConfig(r=8, alpha=16, targets=["attn"]))  # doctest: +SKIP
+"""
+
+from .apply import (
+    adapter_state_dict,
+    adapters,
+    apply_lora,
+    disabled,
+    find_targets,
+    load_adapter_state,
+    merge,
+    merge_and_unload,
+    unload,
+    unmerge,
+)
+from .config import PRESETS, LoRAConfig
+from .io import load_adapter, load_checkpoint, save_adapter
+from .layers import LoRAExperts, LoRALinear
+
+__all__ = ["PRESETS", "LoRAConfig", "LoRAExperts", "LoRALinear", "adapter_state_dict", "adapters", "apply_lora",
+           "disabled", "find_targets", "load_adapter", "load_adapter_state", "load_checkpoint", "merge",
+           "merge_and_unload", "save_adapter", "unload", "unmerge"]
