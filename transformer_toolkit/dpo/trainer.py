@@ -26,6 +26,7 @@ from ..lora import adapters, disabled
 from ..trainer import Trainer
 from ..trainer import distributed as D
 from ..trainer.batches import Batch, unpack
+from ..trainer.checkpoint import fingerprint
 from .config import DPOConfig
 from .loss import preference_loss, sequence_logps
 
@@ -46,11 +47,12 @@ class DPOTrainer(Trainer):
                  dpo: DPOConfig | dict | None = None, ref_model: nn.Module | None = None, uploader=None):
         self.dpo = dpo if isinstance(dpo, DPOConfig) else DPOConfig(**(dpo or {}))
         self.reference = self._pick_reference(model, train_dl, ref_model)
-        ref = None
+        ref, self._ref_print = None, None
         if self.reference == "model":  # copied before the Trainer moves, shards or wraps the model
             ref = ref_model if ref_model is not None else copy.deepcopy(model)
             for p in ref.parameters():
                 p.requires_grad_(False)
+            self._ref_print = fingerprint(list(ref.parameters()))  # checked on resume
         super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader)
         self.ref_model = None
         if ref is not None:
@@ -146,7 +148,17 @@ class DPOTrainer(Trainer):
         return table
 
     def extra_state(self) -> dict:
-        return {"ref_logps": self._ref_table} if self._ref_table is not None else {}
+        state = {"ref_logps": self._ref_table} if self._ref_table is not None else {}
+        if self._ref_print is not None:
+            state["ref_fingerprint"] = self._ref_print
+        return state
 
     def load_extra_state(self, state: dict) -> None:
+        """The precomputed table comes back; a frozen-copy reference must be the one the run started with."""
         self._ref_table = state.get("ref_logps", self._ref_table)
+        saved = state.get("ref_fingerprint")
+        if self._ref_print is not None and saved is not None and not (
+                saved.shape == self._ref_print.shape and torch.allclose(saved, self._ref_print, rtol=1e-6)):
+            raise ValueError("the reference model differs from the one this run started with: build the DPOTrainer "
+                             "from the starting weights (the run's init; the checkpoint then restores the trained "
+                             "ones), or pass that model as ref_model")
