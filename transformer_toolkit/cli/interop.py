@@ -76,10 +76,32 @@ def _sft_template(run_config: dict):
     return ChatTemplate.from_dict(t) if isinstance(t, dict) else t
 
 
+def _export_adapter(args) -> int:
+    """A LoRA run's adapters alone: a PEFT folder or a llama.cpp LoRA GGUF (for the base's own export)."""
+    from ..lora import adapters, save_peft
+    from ..lora.gguf import save_gguf_adapter
+    from .use import load_run
+
+    if not args.run:
+        raise ValueError(f"--format {args.format} exports the adapters of a LoRA run: give --run RUN")
+    model, _, _ = load_run(args.run, merged=False)
+    if not adapters(model):
+        raise ValueError(f"{args.run} is not a LoRA run (no adapters); export its model with --format hf or gguf")
+    if args.format == "peft":
+        save_peft(model, args.out)
+    else:
+        save_gguf_adapter(model, args.out, dtype=args.dtype or "f32")
+    print(f"export: {args.format} adapter -> {args.out} (for the base {model.adapter_info['base']})")
+    return 0
+
+
 def cmd_export(args) -> int:
-    """Write a run's (or a pretrained model's) model as a transformers folder or a GGUF file."""
+    """Write a run's (or a pretrained model's) model as a transformers folder or a GGUF file, or a
+    LoRA run's adapters as a PEFT folder or a llama.cpp LoRA GGUF."""
     import torch
 
+    if args.format in ("peft", "lora-gguf"):
+        return _export_adapter(args)
     model, tok, _, run_config = load_source(args, warn=False)
     template = args.template or _sft_template(run_config)  # None keeps a pretrained tokenizer's own
     if args.format == "hf":

@@ -16,14 +16,15 @@ from .interop import is_pretrained, load_pretrained_model, load_source, save_run
 from .train import resume_target, run_folder, train_config
 
 
-def load_run(path):
-    """``(model, tokenizer, run_config)`` from a run folder or a checkpoint inside one."""
-    from ..model import Transformer
+def load_run(path, merged: bool = True):
+    """``(model, tokenizer, run_config)`` from a run folder or a checkpoint inside one; a LoRA
+    run's model is its base with the adapters merged (``merged=False``: kept as adapters)."""
+    from ..lora import load_checkpoint
     from ..model.loading import resolve_checkpoint, run_dir_of
     from ..tokenizer import load_tokenizer
 
     ckpt = resolve_checkpoint(path)
-    model = Transformer.from_checkpoint(ckpt)
+    model = load_checkpoint(ckpt, merged=merged)
     run_dir = run_dir_of(ckpt)
     for folder in (run_dir, ckpt.parent):
         if (folder / "tokenizer_config.json").is_file():  # a pretrained model's tokenizer (ttk sft --model)
@@ -45,6 +46,29 @@ def template_of(run_config: dict):
 
     t = (run_config.get("data") or {}).get("template") or "chatml"
     return ChatTemplate.from_dict(t) if isinstance(t, dict) else t
+
+
+def load_init(init: str):
+    """``(model, tokenizer, template)`` of a fine-tuning run's starting point (a pretrained model or
+    a run folder / checkpoint), in train mode."""
+    if is_pretrained(init):
+        model, tok, template = load_pretrained_model(init, warn=False)  # the recipe's template is trained
+    else:
+        model, tok, run_config = load_run(init)
+        template = template_of(run_config)
+    return model.train(), tok, template
+
+
+def add_lora(model, run: dict):
+    """Adapters per the run's ``lora:`` section (none without one); the base is the run's init."""
+    if run["lora"] is None:
+        return model
+    if not run["init"]:
+        raise ValueError("lora: adapters need a base model to adapt; give --init RUN or --model PATH "
+                         "(or --lora.r 0 to train every weight)")
+    from ..lora import apply_lora
+
+    return apply_lora(model, run["lora"], base=os.path.abspath(run["init"]))
 
 
 def cmd_sft(args, overrides: dict) -> int:
@@ -75,12 +99,8 @@ def cmd_sft(args, overrides: dict) -> int:
         raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
     model = None
-    if run["init"] and is_pretrained(run["init"]):
-        model, tok, _ = load_pretrained_model(run["init"], warn=False)  # the recipe's template is trained
-        model.train()
-    elif run["init"]:
-        model, tok, _ = load_run(run["init"])
-        model.train()
+    if run["init"]:
+        model, tok, _ = load_init(run["init"])  # the recipe's template is trained
     elif (out / "tokenizer.json").is_file() or ex["tokenizer"]:
         tok = load_tokenizer(out / "tokenizer.json" if (out / "tokenizer.json").is_file() else ex["tokenizer"])
     else:
@@ -97,6 +117,7 @@ def cmd_sft(args, overrides: dict) -> int:
         from_sft_json(corpus, tok, data_cfg)
     if model is None:
         model = Transformer(C.model_config(run, tok.vocab_size))
+    add_lora(model, run)
     train_cfg = train_config(run, out)
     C.write_yaml(C.resolved_dict(run, model.cfg, train_cfg), out / "config.yaml")
     t0 = time.time()

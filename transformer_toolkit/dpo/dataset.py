@@ -79,14 +79,21 @@ def render_pairs(samples: Iterable, tokenizer, cfg: PreferenceDataConfig, source
     return pairs
 
 
-def build_preference_loaders(samples: Iterable, tokenizer, cfg: PreferenceDataConfig, source: str = "samples"):
-    """``(train_dl, val_dl)`` (``val_dl`` None when ``cfg.split`` is 1) over the rendered pairs."""
+def build_preference_loaders(samples: Iterable, tokenizer, cfg: PreferenceDataConfig, source: str = "samples",
+                             val_samples: Iterable | None = None):
+    """``(train_dl, val_dl)`` over the rendered pairs: ``cfg.split`` of them train, the rest are
+    val (None when ``split`` is 1), or with ``val_samples`` all of ``samples`` train and those are val."""
     tokenizer = tokenizer if tokenizer is not None else cfg.tokenizer
     if tokenizer is None:
         raise ValueError("no tokenizer: pass one to the loader or set PreferenceDataConfig(tokenizer=...)")
     pairs = render_pairs(samples, tokenizer, cfg, source)
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_train = len(pairs) if cfg.split >= 1.0 else min(len(pairs) - 1, max(1, round(len(pairs) * cfg.split)))
+    if val_samples is not None:
+        val_pairs = render_pairs(val_samples, tokenizer, cfg, f"{source} (val)")
+        order, pairs = order + list(range(len(pairs), len(pairs) + len(val_pairs))), pairs + val_pairs
+        n_train = len(pairs) - len(val_pairs)
+    else:
+        n_train = len(pairs) if cfg.split >= 1.0 else min(len(pairs) - 1, max(1, round(len(pairs) * cfg.split)))
     if n_train < 1:
         raise ValueError(f"{source}: {len(pairs)} usable pair(s); need at least 2 to split into train and val, "
                          "or split=1.0 for no val pairs")
@@ -102,9 +109,12 @@ def build_preference_loaders(samples: Iterable, tokenizer, cfg: PreferenceDataCo
                                  **common)
 
 
-def from_preference_samples(samples: list[dict], tokenizer=None, cfg: PreferenceDataConfig | None = None):
-    """From a list of samples in memory (any of TRL's preference formats)."""
-    return build_preference_loaders(samples, tokenizer, cfg or PreferenceDataConfig(tokenizer=tokenizer))
+def from_preference_samples(samples: list[dict], tokenizer=None, cfg: PreferenceDataConfig | None = None,
+                            val_samples: list[dict] | None = None):
+    """From a list of samples in memory (any of TRL's preference formats); ``val_samples``: a
+    held-out list to evaluate on (else ``cfg.split`` divides ``samples``)."""
+    return build_preference_loaders(samples, tokenizer, cfg or PreferenceDataConfig(tokenizer=tokenizer),
+                                    val_samples=val_samples)
 
 
 def from_preference_json(path: str | os.PathLike, tokenizer=None, cfg: PreferenceDataConfig | None = None):

@@ -18,10 +18,11 @@ from .apply import (
     unmerge,
 )
 from .config import PRESETS, LoRAConfig
+from .gguf import save_gguf_adapter
 from .io import load_adapter, load_checkpoint, save_adapter
 from .layers import LoRAExperts, LoRALinear
 from .peft import save_peft
 
 __all__ = ["PRESETS", "LoRAConfig", "LoRAExperts", "LoRALinear", "adapter_state_dict", "adapters", "apply_lora",
            "disabled", "find_targets", "load_adapter", "load_adapter_state", "load_checkpoint", "merge",
-           "merge_and_unload", "save_adapter", "save_peft", "unload", "unmerge"]
+           "merge_and_unload", "save_adapter", "save_gguf_adapter", "save_peft", "unload", "unmerge"]
