@@ -98,9 +98,10 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
            {"prompt": "what color is the sky?", "chosen": " blue", "rejected": " blue"},
            {"prompt": "sky " * 80, "chosen": " blue", "rejected": " red"},
            {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": " "}],
-            "rejected": [{"role": "assistant", "content": "no"}]}]
+            "rejected": [{"role": "assistant", "content": "no"}]},
+           {"chosen": "what color is the sky? blue", "rejected": "what color is the sky? blue"}]  # implicit
     cfg = PreferenceDataConfig(seq_len=40, batch_size=2, split=1.0)
-    with pytest.warns(UserWarning, match=r"skipped 4 of 8 .*2 with an empty chosen or rejected, 1 with chosen "
+    with pytest.warns(UserWarning, match=r"skipped 5 of 9 .*2 with an empty chosen or rejected, 2 with chosen "
                                          r"identical to rejected, 1 whose prompt leaves no room"):
         train_dl, val_dl = from_preference_samples(good + bad, small_bpe(), cfg)
     assert len(train_dl.dataset) == 4 and val_dl is None

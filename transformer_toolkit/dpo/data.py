@@ -144,7 +144,10 @@ def render_pair(sample, index: int, tokenizer, template, strings: str, row_len: 
                 skipped: Skipped) -> Pair | None:
     """One sample as a ``Pair`` of rows of at most ``row_len`` tokens, or None (counted in ``skipped``)."""
     prompt, chosen, rejected = split_sample(sample, index)
-    reason = "empty" if _empty(chosen) or _empty(rejected) else "identical" if chosen == rejected else None
+    if sample["chosen"] == sample["rejected"]:  # before the split: an implicit prompt would leave two empty responses
+        reason = "identical"
+    else:
+        reason = "empty" if _empty(chosen) or _empty(rejected) else "identical" if chosen == rejected else None
     rows = []
     if reason is None:
         for response in (chosen, rejected):
