@@ -1,9 +1,10 @@
 """Run by test_distributed_dpo.py under ``torchrun``: DPO on a tiny model, rank 0 saves the results.
 
-    torchrun --standalone --nproc_per_node=2 dist_dpo_worker.py OUT_DIR PARALLEL MODE
+    torchrun --standalone --nproc_per_node=2 dist_dpo_worker.py OUT_DIR PARALLEL
 
-MODE ``lora``: LoRA adapters, the reference is the model with them disabled; ``full``: every
-weight trains, the reference is a frozen copy (sharded too under FSDP2).
+Two modes, one after the other, each in OUT_DIR/MODE: ``lora``: LoRA adapters, the reference is
+the model with them disabled; ``full``: every weight trains, the reference is a frozen copy
+(sharded too under FSDP2).
 """
 
 from __future__ import annotations
@@ -37,11 +38,20 @@ def _trainer(out: Path, ckpt: str, parallel: str, mode: str, world: int) -> DPOT
     return DPOTrainer(model, train_dl, val_dl, tok.vocab_size, tc)
 
 
-def run(out: Path, parallel: str, mode: str) -> None:
+MODES = ("lora", "full")
+
+
+def run(out: Path, parallel: str) -> None:
     torch.set_num_threads(1)
     info = init_distributed()  # before the loaders, so they shard by rank
+    for mode in MODES:
+        (out / mode).mkdir(parents=True, exist_ok=True)
+        _run_mode(out / mode, parallel, mode, info)
     if info.enabled:
-        (out / f"rank{info.rank}.started").touch()
+        torch.distributed.destroy_process_group()
+
+
+def _run_mode(out: Path, parallel: str, mode: str, info) -> None:
     trainer = _trainer(out, "ckpt", parallel, mode, info.world_size)
     trainer.train()
     # a second run resumes the first one's step 2 and must end at its step 4
@@ -53,10 +63,8 @@ def run(out: Path, parallel: str, mode: str) -> None:
         vals = [r["val_loss"] for r in records if r["event"] == "eval"]
         (out / "result.json").write_text(json.dumps({"losses": losses, "accs": accs, "vals": vals,
                                                      "reference": trainer.reference, "world": info.world_size}))
-    if info.enabled:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     faulthandler.dump_traceback_later(150, exit=True)  # a hang fails with every thread's stack
-    run(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    run(Path(sys.argv[1]), sys.argv[2])
