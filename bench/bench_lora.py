@@ -44,11 +44,13 @@ def _status_mb(key: str) -> float:
     raise KeyError(key)
 
 
-def child(case: str, precision: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+def child(case: str, precision: str, batch: int, seq: int, warmup: int, steps: int, threads: int) -> dict:
     import importlib.resources
 
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from transformer_toolkit.lora import apply_lora
     from transformer_toolkit.model import Transformer
     from transformer_toolkit.trainer import TrainConfig, Trainer
@@ -89,7 +91,7 @@ def child(case: str, precision: str, batch: int, seq: int, warmup: int, steps: i
 
 def run_child(case: str, precision: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", case, precision, str(args.batch), str(args.seq), str(args.warmup),
-           str(args.steps)]
+           str(args.steps), str(args.threads or 0)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{case} {precision} failed:\n{out.stderr[-2000:]}")
@@ -98,7 +100,7 @@ def run_child(case: str, precision: str, args) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        case, precision, *nums = sys.argv[2:8]
+        case, precision, *nums = sys.argv[2:9]
         print(json.dumps(child(case, precision, *map(int, nums))))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -108,13 +110,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    ap.add_argument("--threads", type=int, help="torch threads in each child (default: torch's own); 1 on a "
+                                                 "busy machine, where every small op of a multi-threaded step "
+                                                 "waits for a second core")
     ap.add_argument("--quick", action="store_true", help="1 round of 1 step at batch 1 x 64 (a smoke run)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.batch, args.seq, args.warmup, args.steps = 1, 1, 64, 1, 1
     load_before = os.getloadavg()[0]
     results = {}
-    print(f"SmolLM2-135M, batch {args.batch} x {args.seq}, AdamW; medians of {args.rounds} rounds")
+    print(f"SmolLM2-135M, batch {args.batch} x {args.seq}, AdamW, threads {args.threads or 'default'}; "
+          f"medians of {args.rounds} rounds")
     print(f"{'':>10} {'ms/step':>9} {'peak MB':>9} {'above model':>12} {'trainable':>12}")
     for precision in args.precisions:
         runs = {c: [] for c in CASES}

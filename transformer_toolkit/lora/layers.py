@@ -82,7 +82,12 @@ class LoRALinear(nn.Linear, _Adapter):
         y = F.linear(x, self.weight, self.bias)
         if not self.adapted():
             return y
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
+        h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
+        # y + scale * h @ B^T as one addmm: no separate scale and add over the (tokens, out) output,
+        # which on a busy CPU cost as much as the small matmuls themselves
+        out = torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.shape[-1]), self.lora_B.t(),
+                          alpha=self.scale)
+        return out.view(y.shape)
 
     def delta_weight(self) -> Tensor:
         """``scale * B @ A`` in fp32 (or the weight's wider dtype), ``(out, in)``."""
