@@ -2,7 +2,7 @@
 
 Run (from the repository root)::
 
-    python bench/bench_lora.py              # 2 rounds of each case, ~5 minutes on 2 cores
+    python bench/bench_lora.py --threads 1  # 2 rounds of each case, ~10 minutes on 2 busy cores
     python bench/bench_lora.py --quick      # a smoke run (not written as latest)
 
 Every measurement is a fresh subprocess (the cases alternate within a round, the order flips
