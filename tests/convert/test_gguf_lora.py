@@ -64,6 +64,10 @@ def test_adapters_without_a_llama_cpp_tensor_are_refused(tok, tmp_path):
     apply_lora(model, r=2, targets=["attn"])
     with pytest.raises(ValueError, match="no GGUF"):
         save_gguf_adapter(model, tmp_path / "a.gguf")
+    gpt2 = tiny_model(tok.vocab_size, norm="layernorm", pos_enc="learned", ffn="ffn", bias=True)
+    apply_lora(gpt2, r=2, targets=["attn"])
+    with pytest.raises(ValueError, match="llama and qwen2 layouts, not 'gpt2'"):
+        save_gguf_adapter(gpt2, tmp_path / "g.gguf")
     model = tiny_model(tok.vocab_size)
     apply_lora(model, r=2)
     with pytest.raises(ValueError, match="f32 or f16"):

@@ -31,6 +31,9 @@ def gguf_adapter_tensors(model: nn.Module) -> dict[str, np.ndarray]:
 
     cfg = model.cfg
     arch = gguf_arch(cfg)  # raises for a model llama.cpp cannot run from our export
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"LoRA GGUF export covers the llama and qwen2 layouts, not {arch!r} (its fused q/k/v have no "
+                         "per-projection adapter tensors here); export merge_and_unload(model) with save_gguf instead")
     out, bad = {}, []
     for path, module in model.named_modules():
         if not isinstance(module, ADAPTERS):
