@@ -13,7 +13,7 @@ import yaml
 from cli_helpers import QUIET, run_main
 
 from transformer_toolkit.lora import adapters
-from transformer_toolkit.lora import load_checkpoint as load_lora_run
+from transformer_toolkit.store import load_model
 
 TINY = [*QUIET, "--train.eval_iters", "1", "--train.log_every", "1", "--train.warmup_steps", "1"]
 SFT = ["sft", *TINY, "--data.n_samples", "120", "--data.n_eval", "2", "--train.eval_every", "3"]
@@ -46,7 +46,7 @@ def test_sft_with_lora_saves_adapters_only_and_resumes(base, tmp_path, capsys):
     assert rc == 0, err
     assert (out / "checkpoints" / "step_4.pt").is_file()  # continued from step 2: step_2.pt not rewritten
     assert (out / "checkpoints" / "step_2.pt").stat().st_mtime_ns == step2
-    assert adapters(load_lora_run(out)) and not adapters(load_lora_run(out, merged=True))
+    assert adapters(load_model(out, merged=False)) and not adapters(load_model(out))
     rc, stdout, err = run_main(capsys, "export", "--run", out, "--format", "peft", "--out", tmp_path / "peft")
     assert rc == 0, err
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4
@@ -89,12 +89,14 @@ def test_full_dpo_on_a_trl_file(base, tmp_path, capsys):
     (["train", "--lora.r", "4"], "section 'lora' is for ttk sft and ttk dpo, not ttk train"),
     (["sft", "--dpo.beta", "0.2"], "section 'dpo' is for ttk dpo, not ttk sft"),
     (["sft", "--lora.r", "4", "--train.max_steps", "1"], "adapters need a base model"),
-    (["dpo", "--init", "no/such/run"], "init 'no/such/run' does not exist"),
+    (["dpo"], "init 'runs/sft' does not exist: run `ttk sft` first"),
+    (["dpo", "--init", "no/such/run"], "no run folder, checkpoint, model folder or .gguf file at 'no/such/run'"),
     (["dpo", "--init", "x", "--model.dim", "8"], "a model: section does not apply"),
     (["dpo", "--init", "x", "--dpo.loss", "kto"], "dpo: loss='kto' is not a known variant"),
     (["dpo", "--init", "x", "--lora.rank", "4"], "lora: .*unknown field"),
 ])
-def test_errors(tmp_path, capsys, argv, msg):
+def test_errors(tmp_path, capsys, monkeypatch, argv, msg):
+    monkeypatch.chdir(tmp_path)  # no runs/sft here
     rc, _, err = run_main(capsys, *argv, "--out", tmp_path / "r", *QUIET)
     assert rc == 2
     assert pytest.importorskip("re").search(msg, err), err

@@ -91,6 +91,34 @@ def test_cached_decode_with_adapters_equals_full_forward(attn, ffn):
     assert torch.equal(out[:, prompt.shape[1]:], full)
 
 
+@pytest.mark.parametrize("attn", ["gqa", "mla"])
+def test_decode_kernels_keep_the_update(attn):
+    """In a decode step (``kernels.decode_kernels``, which ``generate`` enters) an unmerged
+    adapter's base product runs the decode layout chosen for it, stacked with its siblings'
+    (q/k/v, gate/up), and the update is still added: the step's logits are the adapted model's."""
+    from transformer_toolkit.model.kernels import decode_kernels
+
+    model = _model(attn, "swiglu")
+    apply_lora(model, r=4)
+    _randomize(model)
+    x = torch.randint(0, 97, (2, 1))  # one new token per row
+    with torch.no_grad():
+        want = model(x)[0]
+        with disabled(model):
+            base = model(x)[0]
+        with decode_kernels(model):
+            linears = [m for m in adapters(model) if isinstance(m, LoRALinear)]
+            assert linears and all(m.kernel is not None for m in linears)
+            calls = []
+            for m in linears:  # count the kernel calls: the base products do run them
+                m.kernel = lambda lin, h, k=m.kernel: calls.append(lin) or k(lin, h)
+            got = model(x)[0]
+    assert {id(m) for m in calls} == {id(m) for m in linears}
+    assert all(m.kernel is None for m in linears)  # restored after the block
+    assert (want - base).abs().max() > 1e-2
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("attn,ffn", [("gqa", "swiglu"), ("mla", "moe"), ("mha", "moe_ec"), ("mqa", "moe_shared")])
 def test_only_adapters_train(attn, ffn):
     model = _model(attn, ffn).train()

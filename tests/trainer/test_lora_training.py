@@ -11,8 +11,9 @@ import pytest
 import torch
 from trainer_helpers import VOCAB, loaders, make_cfg, tiny_model
 
-from transformer_toolkit.lora import adapter_state_dict, apply_lora, load_checkpoint
+from transformer_toolkit.lora import adapter_state_dict, adapters, apply_lora
 from transformer_toolkit.model import Transformer
+from transformer_toolkit.store import load, load_checkpoint_model
 from transformer_toolkit.trainer import Trainer
 
 
@@ -43,7 +44,9 @@ def test_only_adapters_train_and_are_saved(tmp_path):
     assert set(ckpt["model"]) == set(adapter_state_dict(model))
     assert ckpt["adapter"]["type"] == "lora" and ckpt["adapter"]["config"]["r"] == 4
     assert ckpt["frozen"].shape == (len([p for p in model.parameters() if not p.requires_grad]), 2)
-    with pytest.raises(ValueError, match=r"trainable parameters only.*lora.load_checkpoint"):
+    with pytest.raises(ValueError, match=r"trainable parameters only.*store.load\(path\)"):
+        load_checkpoint_model(tmp_path / "run" / "ckpt" / "step_12.pt")  # the full-model reader alone
+    with pytest.raises(ValueError, match="no record of its base model"):  # apply_lora was given no base=
         Transformer.from_checkpoint(tmp_path / "run" / "ckpt" / "step_12.pt")
 
 
@@ -86,15 +89,20 @@ def test_checkpoint_loads_onto_its_recorded_base(tmp_path):
     model.eval()
     with torch.no_grad():
         want = model(x)[0]
-    loaded = load_checkpoint(tmp_path / "run" / "ckpt")  # best.pt; its base read from the recorded folder
-    merged = load_checkpoint(tmp_path / "run" / "ckpt" / "step_4.pt", merged=True)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x)[0], want, rtol=0, atol=1e-5)
-        torch.testing.assert_close(merged(x)[0], want, rtol=0, atol=1e-5)
+    # through store.load: best.pt of the run's checkpoint folder, its base read from the recorded folder
+    kept = load(tmp_path / "run" / "ckpt", tokenizer=False, merged=False).model
+    merged = Transformer.from_checkpoint(tmp_path / "run" / "ckpt" / "step_4.pt")  # merged, the default
+    assert adapters(kept) and not adapters(merged) and not kept.training and not merged.training
     assert not any("lora_" in k for k in merged.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(kept(x)[0], want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(merged(x)[0], want, rtol=0, atol=1e-5)
     torch.manual_seed(5)
     with pytest.raises(ValueError, match="other base weights"):
-        load_checkpoint(tmp_path / "run" / "ckpt" / "step_4.pt", base=tiny_model())
+        load(tmp_path / "run" / "ckpt" / "step_4.pt", tokenizer=False, base=tiny_model())
+    (tmp_path / "base").rename(tmp_path / "moved")  # the recorded base is gone
+    with pytest.raises(FileNotFoundError, match="no longer exists; pass base="):
+        load(tmp_path / "run" / "ckpt" / "step_4.pt", tokenizer=False)
 
 
 def test_hub_push_gets_the_merged_model(tmp_path):

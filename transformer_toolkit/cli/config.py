@@ -182,6 +182,3 @@ def resolved_dict(run: dict, model_cfg: TransformerConfig, train_cfg: TrainConfi
             out[s] = run[s].to_dict()
     return out
 
-
-def write_yaml(d: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")

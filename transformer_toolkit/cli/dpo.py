@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import time
 
+from ..store import load, runs
 from . import config as C
-from .interop import save_run_tokenizer
 from .train import resume_target, run_folder, train_config
-from .use import add_lora, load_init
+from .use import add_lora
+
+DEFAULT_INIT = "runs/sft"  # the dpo recipe's init: what `ttk sft` writes
 
 
 def _loaders(run: dict, tok, data_cfg):
@@ -63,21 +65,24 @@ def cmd_dpo(args, overrides: dict) -> int:
     run = C.resolve(raw, "dpo")
     if not run["init"]:
         raise ValueError("ttk dpo starts from a model: give --init RUN (e.g. runs/sft) or --model PATH")
-    if not os.path.exists(run["init"]):
-        raise FileNotFoundError(f"init {run['init']!r} does not exist (run `ttk sft` first for the default runs/sft)")
+    if run["init"] == DEFAULT_INIT and not os.path.exists(DEFAULT_INIT):  # else a Hub repo id would be tried
+        raise FileNotFoundError(f"init {DEFAULT_INIT!r} does not exist: run `ttk sft` first, or give --init RUN "
+                                "or --model PATH")
     out = run_folder(args, run)
-    resume = resume_target(args, out / "checkpoints")
-    model, tok, template = load_init(run["init"])
+    resume = resume_target(args, runs.checkpoint_dir(out))
+    init = load(run["init"])  # a LoRA run's adapters merged: the base of this run's own
+    model, tok = init.model.train(), init.tokenizer
+    template, _ = init.chat_template()  # the init's own (the run's SFT template); data.template overrides
     given = raw.get("data") or {}
     data = {**run["data"].model_dump(exclude={"tokenizer", "template"}), "tokenizer": tok,
             "template": given.get("template", template),
             "seq_len": given.get("seq_len", min(model.cfg.max_seq, 512))}
     run["data"] = data_cfg = C.build(type(run["data"]), "data", data)
-    save_run_tokenizer(tok, out)
+    runs.save_tokenizer(tok, out)
     train_dl, val_dl, held = _loaders(run, tok, data_cfg)
     add_lora(model, run)
     train_cfg = train_config(run, out)
-    C.write_yaml(C.resolved_dict(run, model.cfg, train_cfg), out / "config.yaml")
+    runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
     t0 = time.time()
     trainer = DPOTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok, dpo=run["dpo"])
     summary = trainer.train(resume_from=resume)

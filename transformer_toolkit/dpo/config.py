@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ..config_base import StrictConfig, check_choice
-from ..sft.templates import ChatTemplate
+from ..tokenizer.templates import ChatTemplate
 
 LOSSES = ("sigmoid", "ipo", "hinge", "simpo")
 REFERENCES = ("auto", "model", "adapter", "precomputed", "none")

@@ -23,10 +23,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..lora import adapters, disabled
+from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
 from ..trainer import distributed as D
 from ..trainer.batches import Batch, unpack
-from ..trainer.checkpoint import fingerprint
 from .config import DPOConfig
 from .loss import preference_loss, sequence_logps
 

@@ -12,6 +12,7 @@ the Trainer stores it in checkpoints, which then hold the adapters only (see tra
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config_base import suggest
+from ..model.kernels import Linear
 from ..model.moe import Experts
 from .config import PRESETS, LoRAConfig, matches
 from .layers import ADAPTERS, LoRAExperts, LoRALinear
@@ -30,10 +32,11 @@ KNOWN = {n for names in PRESETS.values() for n in names} | {"router", "head"}
 
 
 def _projections(model: nn.Module) -> Iterator[tuple[str, nn.Module, str | None]]:
-    """``(path, module, expert param)`` of every adaptable projection: each plain ``nn.Linear``
-    and each stacked expert weight (``blocks.0.ffn.experts.gate_proj``)."""
+    """``(path, module, expert param)`` of every adaptable projection: each plain linear layer
+    (``kernels.Linear`` or ``nn.Linear``) and each stacked expert weight
+    (``blocks.0.ffn.experts.gate_proj``)."""
     for name, module in model.named_modules():
-        if type(module) is nn.Linear:
+        if type(module) in (Linear, nn.Linear):
             yield name, module, None
         elif type(module) is Experts:
             for p in EXPERT_PARAMS:
@@ -72,12 +75,15 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(owner, attr, module)
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig | dict | None = None, base: str | None = None,
+def apply_lora(model: nn.Module, cfg: LoRAConfig | dict | None = None, base: str | os.PathLike | None = None,
                **fields) -> nn.Module:
     """Freeze every parameter of ``model`` and add trainable adapters to the projections
     ``cfg.targets`` selects, in place (returns the model). ``base``: where the base weights come
-    from (a path), recorded so a checkpoint of adapters can be loaded onto it again."""
+    from (a local path, kept absolute, or a Hub repo id), recorded so that ``store.load`` can put
+    a checkpoint of the adapters back on it."""
     cfg = LoRAConfig(**(cfg or {}), **fields) if not isinstance(cfg, LoRAConfig) else cfg
+    if base is not None:
+        base = os.path.abspath(base) if os.path.exists(base) else os.fspath(base)
     if adapters(model):
         raise ValueError("this model already has LoRA adapters; merge_and_unload(model) or unload(model) first")
     targets = find_targets(model, cfg)

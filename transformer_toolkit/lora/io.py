@@ -1,12 +1,12 @@
-"""Adapters on disk: our own folder, and rebuilding an adapted model from a training checkpoint.
+"""Adapters on disk: our own folder.
 
 An adapter folder holds ``adapter.json`` (the LoRA config, the base model's config and where the
 base weights came from) and ``adapter.safetensors`` (the adapter weights only, under our state
 dict names). For other tools see peft.py (a PEFT folder) and gguf.py (a llama.cpp LoRA GGUF).
 
 A checkpoint of a LoRA run (``Trainer`` with an adapted model) holds the adapters only, plus
-``adapter["base"]``: ``load_checkpoint`` loads that base (a pretrained model, a run folder or
-checkpoint, itself possibly a LoRA run) and puts the adapters on it.
+``adapter["base"]``: ``store.load(path)`` loads that base and puts the adapters on it (merged,
+or kept as adapters with ``merged=False``; see store/adapted.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from ..atomic import atomic_write_text
-from .apply import adapter_state_dict, adapters, apply_lora, load_adapter_state, merge_and_unload
+from .apply import adapter_state_dict, adapters, apply_lora, load_adapter_state
 from .config import LoRAConfig
 
 FORMAT = "transformer_toolkit.lora"
@@ -63,49 +62,3 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
         apply_lora(model, LoRAConfig(**meta["lora"]), base=meta.get("base"))
     load_adapter_state(model, load_file(str(folder / "adapter.safetensors")))
     return model
-
-
-def load_base(source: str | os.PathLike) -> nn.Module:
-    """A base model by path: a pretrained model (``.gguf``, a folder with config.json) or a run
-    folder / checkpoint (a LoRA run's adapters merged in)."""
-    from ..model import Transformer
-
-    p = Path(source)
-    if (p.suffix == ".gguf" and p.is_file()) or (p.is_dir() and (p / "config.json").is_file()):
-        return Transformer.from_pretrained(p)
-    return load_checkpoint(p, merged=True)
-
-
-def is_adapter_checkpoint(ckpt: dict) -> bool:
-    return isinstance(ckpt, dict) and ckpt.get("adapter") is not None and ckpt.get("frozen") is not None
-
-
-def load_checkpoint(path: str | os.PathLike, base: nn.Module | str | None = None, merged: bool = False) -> nn.Module:
-    """The model of a training checkpoint or run folder in eval mode; for a LoRA run its base
-    (``base``, else the source recorded at training) with the adapters on it, merged into the
-    weights when ``merged`` (an ordinary model then)."""
-    from ..model import Transformer
-    from ..model.loading import resolve_checkpoint
-    from ..trainer.checkpoint import fingerprint, read_ckpt
-
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = read_ckpt(ckpt_path, mmap=True)
-    if not is_adapter_checkpoint(ckpt):
-        return Transformer.from_checkpoint(ckpt_path)
-    info = ckpt["adapter"]
-    if base is None:
-        if not info.get("base"):
-            raise ValueError(f"{ckpt_path} holds LoRA adapters but no record of its base model; pass base= (the "
-                             "model or path the run started from)")
-        if not os.path.exists(info["base"]):
-            raise FileNotFoundError(f"{ckpt_path} holds LoRA adapters for the base {info['base']!r}, which no longer "
-                                    "exists; pass base= (the model or path the run started from)")
-        base = info["base"]
-    model = load_base(base) if isinstance(base, (str, os.PathLike)) else base
-    apply_lora(model, LoRAConfig(**info["config"]), base=info.get("base"))
-    frozen = fingerprint([p for p in model.parameters() if not p.requires_grad])
-    if frozen.shape != ckpt["frozen"].shape or not torch.allclose(frozen, ckpt["frozen"], rtol=1e-6):
-        raise ValueError(f"{ckpt_path}: its adapters were trained on other base weights than {base!r}'s; pass the "
-                         "base model the run started from")
-    load_adapter_state(model, ckpt["model"])
-    return (merge_and_unload(model) if merged else model).eval()

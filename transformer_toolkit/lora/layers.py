@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.moe import Experts, grouped_mm
+from ..model.kernels import Linear, grouped_mm
+from ..model.moe import Experts
 
 
 def _wide(t: Tensor) -> torch.dtype:
@@ -61,12 +62,15 @@ class _Adapter:
             self.merged = False
 
 
-class LoRALinear(nn.Linear, _Adapter):
-    """An ``nn.Linear`` (the same weight and bias) with a rank-``r`` update."""
+class LoRALinear(Linear, _Adapter):
+    """A linear layer (the same weight and bias) with a rank-``r`` update. It stays a
+    ``kernels.Linear``: in a decode step (``kernels.decode_kernels``) the base product runs the
+    kernel chosen for it, stacked with its siblings', and the update is added on top."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
+        self.kernel = None
         self.weight = base.weight
         self.register_parameter("bias", base.bias)
         like = dict(dtype=base.weight.dtype, device=base.weight.device)
@@ -79,7 +83,7 @@ class LoRALinear(nn.Linear, _Adapter):
         self.merged, self.active = False, True
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = super().forward(x)  # the base product (a decode kernel's when one is set)
         if not self.adapted():
             return y
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
@@ -107,9 +111,9 @@ class LoRALinear(nn.Linear, _Adapter):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r={self.r}, scale={self.scale:g}"
 
-    def base_module(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding this module's weight and bias (the same tensors)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+    def base_module(self) -> Linear:
+        """A plain ``Linear`` holding this module's weight and bias (the same tensors)."""
+        out = Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         out.weight = self.weight
         out.register_parameter("bias", self.bias)
         return out
