@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="user/name")
     p.add_argument("--out", required=True, help="folder to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
+
+    from .serve import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return ap
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import interop, train, use
+        from . import interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: use.cmd_eval(args), "export": lambda: interop.cmd_export(args),
-                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args)}
+                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),
+                    "serve": lambda: serve.cmd_serve(args)}
         return handlers[args.command]()
     except (ValueError, FileNotFoundError, ValidationError, ImportError) as e:
         if args.debug:

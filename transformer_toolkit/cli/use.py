@@ -129,7 +129,7 @@ def cmd_generate(args) -> int:
     import torch
 
     model, tok, _, _ = load_source(args, warn=False)
-    from ..generation import complete
+    from ..inference import complete
 
     g = torch.Generator().manual_seed(args.seed)
     print(complete(model, tok, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
