@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("TTK_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $TTK_API_KEY, else none)")
     p.add_argument("--template", help="chat template for every model (default: each one's own, else chatml)")
-    p.add_argument("--slots", type=int, default=16, help="requests decoded together per model (default 16)")
-    p.add_argument("--ctx", type=int, help="context per request in tokens (default: min(max_seq, 4096))")
+    p.add_argument("--slots", type=int, default=8, help="requests decoded together per model (default 8)")
+    p.add_argument("--ctx", type=int, help="context per request in tokens (default: min(max_seq, 2048)); "
+                                           "the KV cache holds slots x ctx positions")
     p.add_argument("--dtype", choices=("f32", "bf16"), default="f32", help="weights in memory (default f32)")
     p.add_argument("--max-requests", type=int, default=64,
                    help="requests in flight (decoding or waiting) beyond which the server answers 429")
@@ -65,7 +66,7 @@ def load_served(args):
             model = model.to(torch.bfloat16)
         name = args.name[i] if args.name else _default_name(path, taken)
         taken.add(name)
-        ctx = args.ctx or min(model.cfg.max_seq, 4096)
+        ctx = args.ctx or min(model.cfg.max_seq, 2048)
         served.append(ServedModel(name, model.eval(), tok, args.template or template, slots=args.slots, ctx=ctx))
     return served
 
