@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--check", type=int, default=0, help="N concurrent greedy requests compared with sequential")
     ap.add_argument("--no-llama", action="store_true", help="ours only")
+    ap.add_argument("--no-ours", action="store_true", help="llama.cpp only (with the export)")
     ap.add_argument("--quick", action="store_true", help="a tiny random model, ours only: a smoke run")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -174,7 +175,7 @@ def main() -> None:
     ours_cmd = [sys.executable, "-m", "transformer_toolkit", "serve", "--model", str(source), "--name", "m",
                 "--port", str(port), "--slots", str(max(args.clients)), "--ctx", "512",
                 "--max-requests", str(max(256, args.check + 8))]
-    sides = {"ours": (ours_cmd, ours_url, "m")}
+    sides = {} if args.no_ours else {"ours": (ours_cmd, ours_url, "m")}
     if not args.no_llama:
         from transformer_toolkit import Transformer
         from transformer_toolkit.tokenizer import load_tokenizer
@@ -191,7 +192,11 @@ def main() -> None:
         proc = start(cmd, url, "/v1/models", work / f"{name}.log")
         try:
             one_request(url, model, qs[0], 4)  # warm-up
-            results[name] = {f"c{c}": load_run(url, model, qs, c, args.max_tokens) for c in args.clients}
+            results[name] = {}
+            for c in args.clients:  # printed as it goes: a round can take minutes on a busy machine
+                r = results[name][f"c{c}"] = load_run(url, model, qs, c, args.max_tokens)
+                print(f"{name}: {c} clients: {r['tokens_per_s']:.1f} tok/s, TTFT p50 {r['ttft_ms_p50']:.0f} ms, "
+                      f"ITL p50 {r['itl_ms_p50']:.0f} ms", flush=True)
             if name == "ours" and args.check:
                 results["check"] = check(url, model, args.check, args.max_tokens)
         finally:
@@ -206,7 +211,7 @@ def main() -> None:
             r = results[name][f"c{c}"]
             print(f"{name:<10} {c:>7} {r['tokens_per_s']:>8.1f} {r['tokens_per_s'] / seq:>6.2f}x "
                   f"{r['ttft_ms_p50']:>8.0f}/{r['ttft_ms_p99']:<8.0f} {r['itl_ms_p50']:>7.0f}/{r['itl_ms_p99']:<8.0f}")
-    if "llama.cpp" in results:
+    if "llama.cpp" in results and "ours" in results:
         for c in args.clients:
             ratio = results["ours"][f"c{c}"]["tokens_per_s"] / results["llama.cpp"][f"c{c}"]["tokens_per_s"]
             print(f"ours / llama.cpp at {c} clients: {ratio:.2f}x")
