@@ -25,7 +25,7 @@ from gguf_helpers import (  # noqa: E402
 from transformer_toolkit import load_tokenizer  # noqa: E402
 from transformer_toolkit.convert.gguf import gguf_chat_template, gguf_tokenizer, load_gguf, save_gguf  # noqa: E402
 from transformer_toolkit.model.transformer import Transformer  # noqa: E402
-from transformer_toolkit.sft.templates import ChatTemplate  # noqa: E402
+from transformer_toolkit.tokenizer.templates import ChatTemplate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,9 @@ def test_metadata_holds_what_llama_cpp_needs(tok, tmp_path):
     (dict(attn="mla"), ["attn='mla'"]),
     (dict(pos_enc="alibi"), ["pos_enc='alibi'"]),
     (dict(ffn="moe", n_experts=4, top_k=2), ["ffn='moe'"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="relu_ffn"), ["ffn='relu_ffn' (llama.cpp's gpt2 runs a GELU MLP)"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="ffn", gelu="exact"), ["gelu='exact'"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="ffn", attn="gqa", n_kv_heads=2), ["attn='gqa'"]),
 ])
 def test_unmappable_config_raises_naming_fields_and_writes_nothing(overrides, blocking, tok, tmp_path):
     model = tiny_model(tok.vocab_size, **overrides)

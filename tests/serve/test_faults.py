@@ -164,7 +164,10 @@ def test_utf8_is_never_split_across_chunks():
 
     from model_helpers import tiny_config
 
-    tok = ByteLevelTokenizer()
+    class BytesWithEos(ByteLevelTokenizer):
+        eos_id = 3  # byte 0x03 (ETX) ends a reply here: the script never spells it
+
+    tok = BytesWithEos()
     model = Scripted(tiny_config(vocab_size=tok.vocab_size, max_seq=256)).eval()
     prompt_ids = len(tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"))
     model.prompt_len = prompt_ids

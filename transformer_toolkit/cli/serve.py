@@ -56,18 +56,19 @@ def load_served(args):
     import torch
 
     from ..serve.models import ServedModel
-    from .interop import load_source
+    from .source import chat_template, load_source
 
     served, taken = [], set()
     for i, (kind, path) in enumerate(_sources(args)):
         one = argparse.Namespace(run=path if kind == "run" else None, model=path if kind == "model" else None)
-        model, tok, template, _ = load_source(one, warn=not args.template)
+        loaded = load_source(one)
+        model, tok, template = loaded.model, loaded.tokenizer, chat_template(loaded, args.template)
         if args.dtype == "bf16":
             model = model.to(torch.bfloat16)
         name = args.name[i] if args.name else _default_name(path, taken)
         taken.add(name)
         ctx = args.ctx or min(model.cfg.max_seq, 2048)
-        served.append(ServedModel(name, model.eval(), tok, args.template or template, slots=args.slots, ctx=ctx))
+        served.append(ServedModel(name, model.eval(), tok, template, slots=args.slots, ctx=ctx))
     return served
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.fast_decode import decode_weights
+from ..model.kernels import decode_kernels
 from .engine import Engine
 from .sampling import SamplingParams, logprobs, sample_rows
 
@@ -138,7 +138,7 @@ class Batcher:
                     break
             try:
                 # the decode weight layout is entered once per busy spell, not per round
-                with torch.inference_mode(), decode_weights(self.model):
+                with torch.inference_mode(), decode_kernels(self.model):
                     while self._busy():
                         self._round()
             except Exception as e:  # noqa: BLE001 - report to every request, keep serving

@@ -18,7 +18,8 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from ..model.fast_decode import decode_weights, weights_stamp
+from ..model.fast_decode import weights_stamp
+from ..model.kernels import decode_kernels
 from . import steps
 from .engine import Engine
 from .prompt_cache import PromptCache
@@ -115,7 +116,7 @@ def _run(model, tokens: Tensor, max_new: int, params: SamplingParams, stop_ids: 
         if prompt_cache is not None:
             prompt_cache.reused = 0
         return
-    with nullcontext() if compile else decode_weights(model):  # a compiled step has its own linears
+    with nullcontext() if compile else decode_kernels(model):  # a compiled step has its own kernels
         yield from _decode_loop(model, out, T0, max_new, params, stops, pad, generator, compile, prompt_cache)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..inference import PromptCache, TextStream, stream
-from .templates import ChatTemplate
+from ..tokenizer.templates import ChatTemplate
 
 
 def encode_chat(template: ChatTemplate, tokenizer, messages: list[dict]) -> list[int]:
