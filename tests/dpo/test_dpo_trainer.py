@@ -125,12 +125,21 @@ def test_dpo_resumes_exactly(tmp_path, reference):
         assert all("lora_" in k for k in ckpt["model"])
 
 
-def test_pause_then_resume_equals_straight_run(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_pause_then_resume_equals_straight_run(tmp_path, lora):
     """request_stop (what a first Ctrl+C does) finishes the step, writes pause.pt and returns;
-    train(resume_from="auto") goes on to the straight run's weights."""
-    straight_model = tiny_model(small_bpe().vocab_size)
+    train(resume_from="auto") goes on to the straight run's weights (the full model with a
+    frozen copy as reference, or LoRA adapters with the adapters off as reference)."""
+    def model_at(seed=0):
+        model = tiny_model(small_bpe().vocab_size, seed=seed)
+        if lora:
+            torch.manual_seed(5)
+            apply_lora(model, r=4)
+        return model
+
+    straight_model = model_at()
     _trainer(tmp_path / "s", model=straight_model, max_steps=8).train()
-    model = tiny_model(small_bpe().vocab_size)
+    model = model_at()
     trainer = _trainer(tmp_path / "p", model=model, max_steps=8)
     real = trainer.compute_loss
 
@@ -142,10 +151,12 @@ def test_pause_then_resume_equals_straight_run(tmp_path):
     trainer.compute_loss = stop_at_3
     assert trainer.train()["paused"] and trainer.step == 4
     assert (tmp_path / "p" / "ckpt" / "pause.pt").is_file()
-    other = _trainer(tmp_path / "p", model=tiny_model(small_bpe().vocab_size, seed=9), max_steps=8)
-    with pytest.raises(ValueError, match="reference model differs from the one this run started with"):
-        other.train(resume_from="auto")  # the frozen copy must be the starting weights, not another model's
-    model2 = tiny_model(small_bpe().vocab_size)  # the starting weights again (as `ttk dpo` reloads its init)
+    other = _trainer(tmp_path / "p", model=model_at(seed=9), max_steps=8)
+    # the reference must be the starting weights, not another model's
+    msg = r"other frozen \(base\) weights" if lora else "reference model differs from the one this run started with"
+    with pytest.raises(ValueError, match=msg):
+        other.train(resume_from="auto")
+    model2 = model_at()  # the starting weights again (as `ttk dpo` reloads its init)
     again = _trainer(tmp_path / "p", model=model2, max_steps=8)
     assert not again.train(resume_from="auto")["paused"]
     torch.testing.assert_close(model2.state_dict(), straight_model.state_dict(), rtol=1e-5, atol=1e-6)

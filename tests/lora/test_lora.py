@@ -119,6 +119,24 @@ def test_decode_kernels_keep_the_update(attn):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_prompt_cache_is_not_reused_across_disabling():
+    """A PromptCache filled with the adapters on is not reused with them off (no weight changes,
+    but the function does): the second call equals one without a cache."""
+    from transformer_toolkit.generation import PromptCache
+
+    model = _model("gqa", "swiglu")
+    apply_lora(model, r=4)
+    _randomize(model)
+    x = torch.randint(0, 97, (1, 6))
+    pc = PromptCache()
+    first = model.generate(x, 4, temperature=0, prompt_cache=pc)
+    with disabled(model):
+        again = model.generate(first, 4, temperature=0, prompt_cache=pc)
+        assert pc.reused == 0
+        fresh = model.generate(first, 4, temperature=0)
+    assert torch.equal(again, fresh)
+
+
 @pytest.mark.parametrize("attn,ffn", [("gqa", "swiglu"), ("mla", "moe"), ("mha", "moe_ec"), ("mqa", "moe_shared")])
 def test_only_adapters_train(attn, ffn):
     model = _model(attn, ffn).train()
