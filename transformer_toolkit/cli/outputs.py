@@ -64,6 +64,6 @@ def is_tokenizer_json(p: Path) -> bool:
 
 
 def is_model_folder(p: Path) -> bool:
-    """An empty folder, or one that already holds a model (its config.json): what an export may
-    write into (it replaces the model's files and leaves the others)."""
-    return not any(p.iterdir()) or (p / "config.json").is_file()
+    """An empty folder, or one that already holds a model or adapter (its config.json or
+    adapter_config.json): what an export may write into (it replaces those files, not others)."""
+    return not any(p.iterdir()) or (p / "config.json").is_file() or (p / "adapter_config.json").is_file()

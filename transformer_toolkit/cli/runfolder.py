@@ -1,5 +1,5 @@
-"""The run folder of ``ttk train`` and ``ttk sft``: which config a run uses, the lock that keeps a
-second process out, and the derived files it may reuse.
+"""The run folder of ``ttk train``, ``ttk sft`` and ``ttk dpo``: which config a run uses, the lock
+that keeps a second process out, and the derived files it may reuse.
 
 - Config: a fresh run starts from ``--config`` (or the command's recipe); a rerun on a folder
   that holds a ``config.yaml`` starts from that file, so ``ttk train --out RUN --train.max_steps
@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,27 +32,36 @@ DERIVED = ("head_dim", "n_kv_heads", "hidden_dim", "moe_hidden_dim", "moe_n_rout
 
 
 @contextmanager
-def open_run(args, overrides: dict, kind: str, recipe: str) -> Iterator[tuple[dict, Path, bool]]:
-    """Lock the run folder and yield ``(run, out, rerun)``: the resolved config (see the module
-    docstring for its base) and whether it came from the folder's own config.yaml."""
+def open_run(args, overrides: dict, kind: str, recipe: str,
+             check: Callable[[dict], None] | None = None) -> Iterator[tuple[dict, dict, Path]]:
+    """Lock the run folder and yield ``(run, raw, out)``: the resolved config and the raw one it
+    was resolved from (see the module docstring for its base; ``--init``/``--model`` set init).
+    ``check(raw)`` may refuse the raw config before it is validated."""
+    init = [a for a in (getattr(args, "init", None), getattr(args, "model", None)) if a]
+    if len(init) > 1:
+        raise ValueError("give --init or --model, not both (they mean the same)")
     raw = C.merge(C.read_yaml(args.config or recipe), overrides)
-    if args.name:
-        raw["name"] = args.name
-    out = Path(args.out or os.path.join("runs", str(raw.get("name") or recipe)))
+    out = Path(args.out or os.path.join("runs", str(args.name or raw.get("name") or recipe)))
     with runs.locked(out):
         saved = {} if args.config else runs.read_config(out)  # --config replaces even a damaged one
-        rerun = bool(saved)
-        if rerun:
-            raw = C.merge(as_base(saved), overrides)
-            if args.name:
-                raw["name"] = args.name
-        yield C.resolve(raw, kind), out, rerun
+        if saved:
+            raw = C.merge(as_base(saved, kind), overrides)
+        if args.name:
+            raw["name"] = args.name
+        if init:
+            raw["init"] = init[0]
+        if check is not None:
+            check(raw)
+        yield C.resolve(raw, kind), raw, out
 
 
-def as_base(saved: dict) -> dict:
+def as_base(saved: dict, kind: str = "train") -> dict:
     """A run's resolved config.yaml as the raw config of a rerun: the derived model fields that
     still hold their derived value are dropped (so ``--model.dim`` before the first checkpoint
-    derives them again), and the folder paths, which the run folder sets, too."""
+    derives them again), and the folder paths, which the run folder sets, too. A DPO run tunes
+    its init as it is: its model section is dropped."""
+    if kind == "dpo":
+        saved = {k: v for k, v in saved.items() if k != "model"}
     model = dict(saved.get("model") or {})
     for name in DERIVED:
         if name not in model:
@@ -67,7 +76,7 @@ def as_base(saved: dict) -> dict:
         if derived == model[name]:
             model = trial
     train = {k: v for k, v in (saved.get("train") or {}).items() if k not in ("ckpt_dir", "log_dir")}
-    return {**saved, "model": model, "train": train, "data": dict(saved.get("data") or {})}
+    return {**saved, **({"model": model} if model else {}), "train": train, "data": dict(saved.get("data") or {})}
 
 
 def resume_target(args, ckpt_dir: Path):

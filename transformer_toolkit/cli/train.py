@@ -113,7 +113,7 @@ def cmd_train(args, overrides: dict) -> int:
     from ..model import Transformer
     from ..trainer import Trainer
 
-    with R.open_run(args, overrides, "train", "quickstart") as (run, out, _):
+    with R.open_run(args, overrides, "train", "quickstart") as (run, _, out):
         resume = R.resume_target(args, runs.checkpoint_dir(out))
         tok, train_dl, val_dl = pretrain_loaders(run, out, resuming=resume is not None)
         model_cfg = C.model_config(run, tok.vocab_size)
@@ -136,7 +136,7 @@ def show_samples(model, tok, prompts: list[str], max_new: int = 60) -> None:
     """Print a sampled completion of each prompt (seeded, so a run prints the same text twice)."""
     import torch
 
-    from ..generation import complete
+    from ..inference import complete
 
     g = torch.Generator().manual_seed(0)
     for p in prompts:

@@ -15,6 +15,19 @@ from .builtin import synthetic_split
 from .source import chat_template, load_source
 
 
+def add_lora(model, run: dict):
+    """Adapters per the run's ``lora:`` section (none without one) on the run's init, recorded as
+    their base (``apply_lora``: a local path made absolute, a Hub repo id as it is)."""
+    if run["lora"] is None:
+        return model
+    if not run["init"]:
+        raise ValueError("lora: adapters need a base model to adapt; give --init RUN or --model PATH "
+                         "(or --lora.r 0 to train every weight)")
+    from ..lora import apply_lora
+
+    return apply_lora(model, run["lora"], base=run["init"])
+
+
 def cmd_sft(args, overrides: dict) -> int:
     """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
     import torch
@@ -23,11 +36,7 @@ def cmd_sft(args, overrides: dict) -> int:
     from ..sft import ChatSession, SFTTrainer, from_sft_json, from_sft_strings
     from ..sft.synthetic import exact_match
 
-    if args.init and args.model:
-        raise ValueError("give --init or --model, not both (they mean the same)")
-    with R.open_run(args, overrides, "sft", "sft") as (run, out, rerun):
-        if args.init or args.model:
-            run["init"] = args.init or args.model
+    with R.open_run(args, overrides, "sft", "sft") as (run, _, out):
         resume = R.resume_target(args, runs.checkpoint_dir(out))
         ex, data_cfg = run["extras"], run["data"]
         corpus = ex["corpus"]
@@ -40,9 +49,7 @@ def cmd_sft(args, overrides: dict) -> int:
             raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
         model = None
-        if run["init"] and rerun and resume:  # the weights come from the run's own checkpoints
-            tok = runs.load_tokenizer(out)
-        elif run["init"]:
+        if run["init"]:  # a run, a checkpoint or a pretrained model (under LoRA, the base of its adapters)
             init = load(run["init"])
             model, tok = init.model.train(), init.tokenizer
             runs.save_tokenizer(tok, out)
@@ -53,9 +60,10 @@ def cmd_sft(args, overrides: dict) -> int:
         train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
             from_sft_json(corpus, tok, data_cfg)
         train_cfg = R.train_config(run, out)
+        torch.manual_seed(train_cfg.seed)  # the initial weights (and adapters) are part of what a seed reproduces
         if model is None:
-            torch.manual_seed(train_cfg.seed)  # the initial weights are part of what a seed reproduces
             model = Transformer(C.model_config(run, tok.vocab_size))
+        add_lora(model, run)
         t0 = time.time()
         trainer = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok,
                              data_config=R.data_settings(run))
@@ -118,7 +126,7 @@ def cmd_generate(args) -> int:
     """Sample a completion of ``--prompt`` from a run's model."""
     import torch
 
-    from ..generation import complete
+    from ..inference import complete
 
     loaded = load_source(args)
     model, tok = loaded.model, loaded.tokenizer
