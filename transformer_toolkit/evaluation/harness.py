@@ -83,7 +83,7 @@ class TTKLM(TemplateLM):
             device = "cpu"  # lm-eval's command line asks for cuda by default; its hf model falls back alike
         if device is not None:
             model = model.to(device)
-        self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
+        self.model, self.tokenizer, self.template = model, tokenizer, template  # scoring switches to eval mode itself
         self._device = next(model.parameters()).device
         self.batch_size = 64 if str(batch_size).startswith("auto") else int(batch_size)
         self.batch_tokens = int(batch_tokens)

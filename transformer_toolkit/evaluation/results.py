@@ -36,9 +36,15 @@ def _json_safe(value):
 
 def write_results(results: dict, folder: str | os.PathLike, stem: str | None = None) -> tuple[Path, Path]:
     """``folder/STEM.json`` (the whole results dict) and ``folder/STEM.md`` (its table); the stem
-    defaults to ``results_<date>T<time>`` as lm-eval names its files. Returns both paths."""
+    defaults to ``results_<date>T<time>`` as lm-eval names its files (``-2``, ``-3``... when that
+    second is taken). Returns both paths."""
     folder = Path(folder)
     stem = stem or "results_" + time.strftime("%Y-%m-%dT%H-%M-%S")
+    if not stem.startswith("tasks_step_"):  # two evaluations in one second keep both files
+        base, n = stem, 1
+        while (folder / f"{stem}.json").exists():
+            n += 1
+            stem = f"{base}-{n}"
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(_json_safe(results), indent=2) + "\n")
     atomic_write_text(md_path, markdown_table(results) + "\n")

@@ -39,8 +39,10 @@ def kept_rng():
 
 def val_tokens(val_dl) -> Callable[[], np.ndarray] | None:
     """The held-out token stream of a pretraining val loader (a memmap view), for ``bpb``."""
+    from ..data.loader import TokenWindows
+
     dataset = getattr(val_dl, "dataset", None)
-    return dataset.tokens if callable(getattr(dataset, "tokens", None)) else None
+    return (lambda: dataset.tokens) if isinstance(dataset, TokenWindows) else None
 
 
 class TrainingTasks:
