@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .builtin import BUILTIN
+from .results import write_results
 from .tasks import evaluate_tasks, parse_spec, scores, task_manager
 
 LM_EVAL_OPTIONS = ("limit", "num_fewshot", "include_path")
@@ -67,8 +68,9 @@ class TrainingTasks:
             first = next(o for n, o in harness if n == path_names[0])
             task_manager(path_names, first.get("include_path"))
 
-    def run(self, model, autocast=nullcontext) -> tuple[dict[str, float], dict]:
-        """``(flat scores {"task/metric": value}, lm-eval-layout results)`` of ``model`` now."""
+    def run(self, model, step: int, autocast=nullcontext, folder=None) -> dict[str, float]:
+        """Score ``model`` now; returns ``{"task/metric": value}`` and, with ``folder``, writes
+        the results there as ``tasks_step_<step>.json`` and ``.md``."""
         calls: dict[str, tuple[object, list[dict]]] = {}
         for name, options in self.specs:
             include = options.get("include_path")
@@ -83,4 +85,6 @@ class TrainingTasks:
                         results.setdefault(key, {}).update(value)
                     else:
                         results.setdefault(key, value)
-        return scores(results), results
+        if folder is not None:
+            write_results(results, folder, stem=f"tasks_step_{step}")
+        return scores(results)

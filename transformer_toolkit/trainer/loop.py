@@ -242,15 +242,13 @@ class Trainer(PersistMixin):
     def _score_tasks(self) -> None:
         """Score the eval tasks (TrainConfig.eval_tasks) now: a progress line, a metrics record
         (metrics.jsonl, TensorBoard, loss.png's second panel) and eval/tasks_step_N.json/.md."""
-        self.task_scores, results = self.tasks.run(self.model, self.precision.autocast)
+        folder = self.log_dir / "eval" if self.metrics else None  # rank 0 writes
+        self.task_scores = self.tasks.run(self.model, self.step, self.precision.autocast, folder)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in self.task_scores.items())
         self.progress.message(f"step {self.step} tasks: {shown}")
         if self.metrics:
-            from ..evaluation.results import write_results
-
             self.metrics.log("tasks", self.step, **self.task_scores)
             self.metrics.plot()
-            write_results(results, self.log_dir / "eval", stem=f"tasks_step_{self.step}")
 
     # the loop ------------------------------------------------------------------------------
     def train(self, resume_from: str | None = None) -> dict:
