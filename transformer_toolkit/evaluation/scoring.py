@@ -5,9 +5,10 @@ of the continuation given the context and whether greedy decoding would produce 
 ``loglikelihood``). Two paths, one result:
 
 - **shared context**: requests with the same context (the options of a multiple-choice question)
-  run the context once into a KV cache, then every continuation as one batch over a copy of that
-  cache. A 4-option question costs one context instead of four, and one-token options (" A",
-  " B", ...) need nothing past the context's last position.
+  run the context once into a KV cache (the contexts of many questions in one padded forward),
+  then every continuation as one batch over a copy of that cache. A 4-option question costs one
+  context instead of four, and one-token options (" A", " B", ...) need nothing past the
+  context's last position.
 - **batched**: the other requests, sorted by length (longest first, so the first batch shows the
   peak memory), right-padded and run as one forward per batch. Padding on the right never
   changes a causal model's earlier positions.
@@ -22,6 +23,7 @@ keeps its last ``max_len + 1`` tokens, as lm-eval's ``hf`` model does.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -65,11 +67,17 @@ def loglikelihoods(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]
     try:
         with torch.inference_mode():
             shared, alone = _split_by_context(items, max_len, _exact_with_cache(model))
-            for ctx, members in shared:
-                conts = [items[i][1] for i in members]
-                for i, res in zip(members, _score_shared(model, ctx, conts, per_token, batch_size, batch_tokens),
-                                  strict=True):
-                    out[i] = res
+            _prefill = functools.partial(_prefill_contexts, model)
+            shared.sort(key=lambda g: -len(g[0]))
+            for chunk in _chunks(list(range(len(shared))), lambda g: len(shared[g][0]), batch_size, batch_tokens):
+                cache, first = _prefill([shared[g][0] for g in chunk])
+                for row, g in enumerate(chunk):
+                    ctx, members = shared[g]
+                    conts = [items[i][1] for i in members]
+                    results = _score_shared(model, (cache, row, len(ctx)), first[row], conts, per_token, batch_size,
+                                            batch_tokens)
+                    for i, res in zip(members, results, strict=True):
+                        out[i] = res
             for batch in _batches(alone, items, max_len, batch_size, batch_tokens, _exact_with_cache(model)):
                 for i, res in zip(batch, _score_batch(model, [items[i] for i in batch], max_len, per_token),
                                   strict=True):
@@ -98,24 +106,38 @@ def _split_by_context(items, max_len: int, cache_ok: bool):
     return shared, alone
 
 
-def _result(logits: Tensor, targets: Tensor, per_token: bool):
-    """Log-probabilities of ``targets`` ``(n,)`` under ``logits`` ``(n, vocab)``, in fp32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    tok = logp.gather(-1, targets[:, None]).squeeze(-1)
+def _result(logits: Tensor, targets: Tensor, per_token: bool, block: int = 1024):
+    """Log-probabilities of ``targets`` ``(n,)`` under ``logits`` ``(n, vocab)``, in fp32, a
+    block of positions at a time (a 8k-token window of a 49k vocabulary is 1.6 GB in fp32)."""
+    tok = torch.cat([torch.log_softmax(logits[a:a + block].float(), dim=-1).gather(-1, targets[a:a + block, None])
+                     for a in range(0, len(targets), block)]).squeeze(-1)
     if per_token:
         return tok
     return float(tok.sum()), bool((logits.argmax(dim=-1) == targets).all())
 
 
-def _score_shared(model, ctx: list[int], conts: list[list[int]], per_token: bool, batch_size: int,
-                  batch_tokens: int) -> list:
-    """One context, several continuations: the context once into a cache, then the
-    continuations (all but their last token, which is only a target) in batches over copies of
-    that cache."""
+def _prefill_contexts(model, contexts: list[list[int]]) -> tuple[list, Tensor]:
+    """Several contexts in one forward, right-padded: ``(cache, first)``, a cache whose row r holds
+    context r's keys and values at its positions (padding after them, never read), and the
+    logits of each context's last position ``(rows, vocab)``, which score its continuations' first token."""
     device = model.embed.weight.device
-    c = len(ctx)
-    one = model.make_cache(1, max_len=c)
-    first, _ = model(torch.tensor([ctx], device=device), cache=one, start_pos=0, logits_to_keep=1)  # (1, 1, V)
+    width, shortest = max(len(c) for c in contexts), min(len(c) for c in contexts)
+    rows = torch.zeros(len(contexts), width, dtype=torch.long, device=device)
+    for r, c in enumerate(contexts):
+        rows[r, :len(c)] = torch.tensor(c, device=device)
+    cache = model.make_cache(len(contexts), max_len=width)
+    keep = width - shortest + 1
+    logits, _ = model(rows, cache=cache, start_pos=0, logits_to_keep=keep)  # (rows, keep, V)
+    return cache, torch.stack([logits[r, len(c) - 1 - (width - keep)] for r, c in enumerate(contexts)])
+
+
+def _score_shared(model, prefix: tuple[list, int, int], first: Tensor, conts: list[list[int]], per_token: bool,
+                  batch_size: int, batch_tokens: int) -> list:
+    """One context, several continuations. ``prefix``: ``(cache, row, length)``, where the
+    context's keys and values are; ``first``: the logits after the context. The continuations
+    (all but their last token, which is only a target) run in batches over copies of it."""
+    device = model.embed.weight.device
+    held, row, c = prefix
     out: list = [None] * len(conts)
     order = sorted(range(len(conts)), key=lambda r: -len(conts[r]))
     for chunk in _chunks(order, lambda r: len(conts[r]) - 1, batch_size, batch_tokens):
@@ -123,16 +145,16 @@ def _score_shared(model, ctx: list[int], conts: list[list[int]], per_token: bool
         rest = None
         if longest > 1:
             cache = model.make_cache(len(chunk), max_len=c + longest - 1)
-            for big, small in zip(cache, one, strict=True):
+            for big, small in zip(cache, held, strict=True):
                 for b, s in zip(big.buffers, small.buffers, strict=True):
-                    b[..., :c, :] = s[..., :c, :]  # the context's keys/values, copied to every row
+                    b[..., :c, :] = s[row:row + 1, ..., :c, :]  # the context's keys/values, copied to every row
             rows = torch.zeros(len(chunk), longest - 1, dtype=torch.long, device=device)
             for j, r in enumerate(chunk):
                 rows[j, :len(conts[r]) - 1] = torch.tensor(conts[r][:-1], device=device)
             rest, _ = model(rows, cache=cache, start_pos=c)  # (rows, longest - 1, V)
         for j, r in enumerate(chunk):
             t = conts[r]
-            logits = first[0] if rest is None else torch.cat([first[0], rest[j, :len(t) - 1]])
+            logits = first[None] if rest is None else torch.cat([first[None], rest[j, :len(t) - 1]])
             out[r] = _result(logits, torch.tensor(t, device=device), per_token)
     return out
 
