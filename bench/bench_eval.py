@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: a few tiny documents per task")
+    ap.add_argument("--tasks", nargs="+", help="run only these of mc4, mc_letter, rolling, gen")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import lm_eval
@@ -168,7 +169,8 @@ def main() -> None:
     Transformer.from_pretrained(gguf, max_seq=2048).save_pretrained(tmp / "smollm2", tokenizer=load_tokenizer(gguf))
     sizes = {"mc4": 2, "mc_letter": 2, "rolling": 1, "gen": 2} if args.quick else \
         {"mc4": 40, "mc_letter": 16, "rolling": 4, "gen": 12}
-    tasks = write_tasks(tmp / "tasks", sizes, 0.1 if args.quick else 1.0)
+    tasks = [t for t in write_tasks(tmp / "tasks", sizes, 0.1 if args.quick else 1.0)
+             if not args.tasks or t in args.tasks]
     tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
     sides = {"ttk": TTKLM(run=str(tmp / "smollm2"), batch_size=args.batch_size),
              "hf": HFLM(pretrained=str(tmp / "smollm2"), dtype="float32", device="cpu", batch_size=args.batch_size)}
@@ -196,7 +198,7 @@ def main() -> None:
     report["total_seconds"], report["hf_over_ttk"] = total, total["hf"] / total["ttk"]
     print(f"{'all':<10} {total['ttk']:>8.2f} {total['hf']:>8.2f} {total['hf'] / total['ttk']:>8.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("eval_quick.json" if args.quick else "eval_latest.json")
+    out = RESULTS / ("eval_quick.json" if args.quick or args.tasks else "eval_latest.json")
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
 
