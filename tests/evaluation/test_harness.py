@@ -106,6 +106,8 @@ def test_adapter_options_and_registration(setup):
         TTKLM()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TTKLM(run=str(tmp / "nowhere"))
+    with pytest.raises(ValueError, match="at most max_seq=32"):
+        TTKLM(model=tiny_model(max_seq=32), tokenizer=tiny_tokenizer(), max_length=64)
     lm = TTKLM(model=tiny_model(max_seq=32), tokenizer=tiny_tokenizer(), max_length=16)
     assert lm.max_length == 16 and lm.prefix_token_id == tiny_tokenizer().bos_id
     assert lm.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n" \

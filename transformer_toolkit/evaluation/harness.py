@@ -88,6 +88,8 @@ class TTKLM(TemplateLM):
         self.batch_size = 64 if str(batch_size).startswith("auto") else int(batch_size)
         self.batch_tokens = int(batch_tokens)
         self._max_length = int(max_length) if max_length else None
+        if self._max_length is not None and not 0 < self._max_length <= model.cfg.max_seq:
+            raise ValueError(f"max_length={max_length}: the model holds at most max_seq={model.cfg.max_seq} tokens")
         self.custom_prefix_token_id = prefix_token_id
         self._warned: set[str] = set()
 
