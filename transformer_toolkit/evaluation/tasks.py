@@ -159,7 +159,10 @@ def run_lm_eval(model, tokenizer, specs: list[tuple[str, dict]], *, template=Non
                                           apply_chat_template=apply_chat_template, log_samples=log_samples,
                                           bootstrap_iters=bootstrap_iters)
         except Exception as e:
-            raise _data_error(e, names, tm) from e
+            named = _data_error(e, names, tm)
+            if named is e:
+                raise
+            raise named from e
         out = _merge(out, res or {})
     return out
 
