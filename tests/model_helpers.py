@@ -7,8 +7,10 @@ would pick whichever one was imported first.
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 from transformer_toolkit.model import TransformerConfig
+from transformer_toolkit.model.variant_fields import ignored_fields
 
 ATTNS = ("mha", "gqa", "mqa", "flash", "mla")
 POS = ("rope", "sinusoidal", "learned", "alibi", "none")
@@ -17,13 +19,17 @@ NORMS = ("rmsnorm", "layernorm")
 
 
 def tiny_config(**overrides) -> TransformerConfig:
-    """A 2-layer model small enough to run hundreds of forwards in a test."""
+    """A 2-layer model small enough to run hundreds of forwards in a test. Its variant fields
+    (experts, latent) are passed only to the variants that read them, so no IgnoredFieldWarning
+    comes from the helper itself; an override is passed as it is."""
     base = dict(vocab_size=97, dim=48, n_layers=2, n_heads=4, max_seq=32, hidden_dim=64,
                 n_experts=4, top_k=2, moe_n_shared=1, latent_dim=16)
     if overrides.get("attn") == "gqa" and "n_kv_heads" not in overrides:
         base["n_kv_heads"] = 2
-    base.update(overrides)
-    return TransformerConfig(**base)
+    kinds = {k: overrides.get(k, TransformerConfig.model_fields[k].default) for k in ("attn", "ffn", "pos_enc", "norm")}
+    for f in ignored_fields(SimpleNamespace(**kinds)):
+        base.pop(f.name, None)
+    return TransformerConfig(**base | overrides)
 
 
 ATTN_X_POS = list(itertools.product(ATTNS, POS))

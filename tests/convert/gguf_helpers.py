@@ -20,12 +20,18 @@ CORPUS += ["The quick brown fox jumps over the lazy dog; café déjà vu, naïve
 SAMPLES = ["hello world", "What is 12345 + 678?", "café déjà vu 日本語", "  two  spaces\n\nand\ttabs ",
            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", "don't 'quote' it's"]
 
-# Llama-mappable configs, each exercising a different part of the mapping.
+# Configs with a llama.cpp counterpart, each exercising a different part of the mapping; the
+# GPT-2 ones with fillers (zero biases, zero or sinusoidal positions) where GPT-2 has parameters they lack.
+_GPT2 = dict(norm="layernorm", ffn="ffn", eps=1e-5)
 VARIANTS = {
     "llama_mha_tied": dict(),
     "llama_gqa_untied": dict(attn="gqa", n_kv_heads=2, tie_weights=False, rope_theta=5e5, eps=1e-5),
     "llama_mqa_bias_head32": dict(attn="mqa", bias=True, head_dim=32),
     "qwen2_gqa": dict(attn="gqa", n_kv_heads=2, qkv_bias=True),
+    "gpt2_bias_untied": dict(_GPT2, pos_enc="learned", bias=True, tie_weights=False),
+    "gpt2_no_bias": dict(_GPT2, pos_enc="learned"),
+    "gpt2_qkv_bias_sinusoidal": dict(_GPT2, pos_enc="sinusoidal", qkv_bias=True),
+    "gpt2_no_positions": dict(_GPT2, pos_enc="none"),
 }
 
 

@@ -113,6 +113,9 @@ def test_metadata_holds_what_llama_cpp_needs(tok, tmp_path):
     (dict(attn="mla"), ["attn='mla'"]),
     (dict(pos_enc="alibi"), ["pos_enc='alibi'"]),
     (dict(ffn="moe", n_experts=4, top_k=2), ["ffn='moe'"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="relu_ffn"), ["ffn='relu_ffn' (llama.cpp's gpt2 runs a GELU MLP)"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="ffn", gelu="exact"), ["gelu='exact'"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="ffn", attn="gqa", n_kv_heads=2), ["attn='gqa'"]),
 ])
 def test_unmappable_config_raises_naming_fields_and_writes_nothing(overrides, blocking, tok, tmp_path):
     model = tiny_model(tok.vocab_size, **overrides)

@@ -68,10 +68,18 @@ HF_CONFIGS = {
                                             bos_token_id=0, eos_token_id=0),
     "gpt2_exact_gelu": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
                                                        n_positions=SEQ, activation_function="gelu"),
+    "gpt2_untied_relu": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                                        n_positions=SEQ, activation_function="relu",
+                                                        tie_word_embeddings=False),
+    "llama_gelu_mlp": lambda: transformers.LlamaConfig(**SMALL, hidden_act="gelu"),
     "deepseek_v2_dense": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=2, q_lora_rank=None),
     "deepseek_v2_moe": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=0, q_lora_rank=12,
                                                              n_routed_experts=4, n_shared_experts=2,
                                                              num_experts_per_tok=2, moe_intermediate_size=24),
+    "deepseek_v2_moe_no_shared": lambda: transformers.DeepseekV2Config(**DEEPSEEK, first_k_dense_replace=0,
+                                                                       q_lora_rank=None, n_routed_experts=4,
+                                                                       n_shared_experts=0, num_experts_per_tok=2,
+                                                                       moe_intermediate_size=24),
 }
 
 
@@ -118,21 +126,22 @@ def test_sharded_checkpoint_loads(tmp_path):
 
 @pytest.mark.parametrize("overrides, fields", [
     (dict(pos_enc="alibi"), ["pos_enc='alibi'"]),
-    (dict(pos_enc="sinusoidal"), ["pos_enc='sinusoidal'"]),
+    (dict(pos_enc="sinusoidal"), ["GPT2LMHeadModel", "norm='rmsnorm'", "ffn='swiglu'"]),
     (dict(pos_enc="none", ffn="relu_ffn"), ["pos_enc='none'", "ffn='relu_ffn'"]),
     (dict(ffn="moe_ec", n_experts=4), ["ffn='moe_ec'"]),
     (dict(ffn="moe", n_experts=4, bias=True), ["bias/qkv_bias=True"]),
     (dict(norm="layernorm", pos_enc="learned", ffn="swiglu", bias=True), ["ffn='swiglu'"]),
     (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, attn="gqa", n_kv_heads=1), ["attn='gqa'"]),
-    (dict(ffn="geglu"), ["ffn='geglu'"]),
-    (dict(norm="layernorm"), ["pos_enc='rope'", "ffn='swiglu'", "bias=False"]),
+    (dict(ffn="relu_ffn"), ["ffn='relu_ffn'"]),
+    (dict(attn="mla", ffn="relu_ffn"), ["DeepseekV2ForCausalLM", "ffn='relu_ffn'"]),
+    (dict(norm="layernorm"), ["pos_enc='rope'", "ffn='swiglu'"]),
     (dict(ffn="moe", n_experts=4, moe_norm_topk=False), ["moe_norm_topk=False"]),
     (dict(ffn="moe_shared", n_experts=4, moe_n_shared=1), ["ffn='moe_shared'"]),
     (dict(attn="mla", eps=1e-5), ["DeepseekV2ForCausalLM", "eps=1e-05"]),
     (dict(attn="mla", ffn="moe_shared", n_experts=4, moe_n_shared=1), ["moe_norm_topk=True"]),
-    (dict(attn="mla", ffn="moe", n_experts=4, bias=True), ["ffn='moe'", "bias/qkv_bias=True"]),
+    (dict(attn="mla", ffn="moe", n_experts=4, bias=True), ["ffn='moe'"]),
     (dict(attn="mla", pos_enc="alibi"), ["pos_enc='alibi'"]),
-    (dict(norm="layernorm", pos_enc="learned", ffn="ffn", bias=True, tie_weights=False), ["tie_weights=False"]),
+    (dict(norm="layernorm", pos_enc="learned", ffn="geglu", attn="mqa"), ["ffn='geglu'", "attn='mqa'"]),
 ])
 def test_unsupported_config_raises_with_field_names(overrides, fields, tmp_path):
     model = Transformer(TransformerConfig(vocab_size=VOCAB, dim=32, n_layers=1, n_heads=2, max_seq=16,

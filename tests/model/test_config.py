@@ -13,6 +13,7 @@ from model_helpers import ATTNS, FFNS, NORMS, POS, tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.model import TransformerConfig
+from transformer_toolkit.model.variant_fields import IgnoredFieldWarning
 
 # ── defaults ───────────────────────────────────────────────────────────────────────────────
 
@@ -55,16 +56,31 @@ def test_hidden_dim_and_head_dim_derived(dim, n_heads):
     assert cfg2.hidden_dim == 7 and cfg2.head_dim == 4
 
 
+SEED_BLOCK = dict(  # the seed README's TransformerConfig block, every field as it is there
+    vocab_size=32000, dim=512, n_layers=8, n_heads=8, max_seq=2048,
+    attn="gqa", n_kv_heads=4, latent_dim=64,
+    ffn="swiglu", hidden_dim=2048, n_experts=8, top_k=2, moe_aux_weight=0.01, moe_capacity=1.0,
+    moe_n_shared=2, moe_n_routed=6,
+    norm="rmsnorm", eps=1e-6, pos_enc="rope", dropout=0.0, tie_weights=True,
+)
+
+
 def test_readme_example_config_builds():
-    cfg = TransformerConfig(
-        vocab_size=32000, dim=512, n_layers=8, n_heads=8, max_seq=2048,
-        attn="gqa", n_kv_heads=4, latent_dim=64,
-        ffn="swiglu", hidden_dim=2048, n_experts=8, top_k=2, moe_aux_weight=0.01, moe_capacity=1.0,
-        moe_n_shared=2, moe_n_routed=6,
-        norm="rmsnorm", eps=1e-6, pos_enc="rope", dropout=0.0, tie_weights=True,
-    )
-    assert cfg.n_kv_heads == 4 and cfg.attn == "gqa"
-    assert cfg.moe_n_routed == 6 and cfg.hidden_dim == 2048
+    # swiglu reads none of the MoE fields; all but moe_n_routed hold their defaults there
+    with pytest.warns(IgnoredFieldWarning) as rec:
+        cfg = TransformerConfig(**SEED_BLOCK)
+    assert [str(w.message) for w in rec] == ["moe_n_routed=6 is ignored: ffn='swiglu' does not use it; "
+                                             "use ffn='moe_shared'"]
+    assert cfg.n_kv_heads == 4 and cfg.attn == "gqa" and cfg.hidden_dim == 2048
+    assert cfg.moe_n_routed is None  # recorded as the default: swiglu has no routed experts
+    assert TransformerConfig(**SEED_BLOCK | {"ffn": "moe_shared"}).moe_n_routed == 6
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_readme_example_config_builds_for_every_attn(attn):
+    cfg = TransformerConfig(**SEED_BLOCK | {"attn": attn, "ffn": "moe_shared"})
+    assert cfg.n_kv_heads == {"mha": 8, "gqa": 4, "mqa": 1, "flash": 4, "mla": 8}[attn]
+    assert cfg.latent_dim == 64
 
 
 def test_moe_shared_derives_routed_and_expert_width():
@@ -181,27 +197,28 @@ def test_gqa_requires_n_kv_heads():
         TransformerConfig(attn="gqa")
 
 
-def test_mqa_rejects_two_kv_heads():
-    with pytest.raises(ValueError, match=r"attn='mqa'.*n_kv_heads=2"):
-        tiny_config(attn="mqa", n_kv_heads=2)
-
-
-def test_mha_rejects_other_kv_heads():
-    with pytest.raises(ValueError, match=r"attn='mha'.*n_kv_heads=2"):
-        tiny_config(attn="mha", n_kv_heads=2)
-
-
-def test_mla_rejects_explicit_kv_heads():
-    with pytest.raises(ValueError, match="attn='mla'"):
-        tiny_config(attn="mla", n_kv_heads=2)
+@pytest.mark.parametrize("attn,recorded,why", [
+    ("mqa", 1, "has one kv head shared by all query heads"),
+    ("mha", 4, "has one kv head per query head"),
+    ("mla", 4, "expands its k/v latent to every head"),
+])
+def test_kv_heads_of_another_variant_are_ignored(attn, recorded, why):
+    with pytest.warns(IgnoredFieldWarning) as rec:
+        cfg = tiny_config(attn=attn, n_kv_heads=2)
+    assert [str(w.message) for w in rec] == [
+        f"n_kv_heads=2 is ignored: attn='{attn}' {why}; use attn='gqa' for grouped kv heads"]
+    assert cfg.n_kv_heads == recorded
+    if attn != "mla":  # the module is built with the recorded count
+        assert Transformer(cfg).blocks[0].attn.k_proj.out_features == recorded * cfg.head_dim
 
 
 @pytest.mark.parametrize("latent", [0, -3])
 def test_mla_latent_dim_must_be_positive(latent):
     with pytest.raises(ValueError, match=f"latent_dim must be >= 1 for attn='mla', got {latent}"):
         tiny_config(attn="mla", latent_dim=latent)
-    # irrelevant for other attention kinds
-    assert tiny_config(attn="mha", latent_dim=latent).latent_dim == latent
+    # other attention kinds ignore it and record the default
+    with pytest.warns(IgnoredFieldWarning, match=f"latent_dim={latent} is ignored: attn='mha' does not use it"):
+        assert tiny_config(attn="mha", latent_dim=latent).latent_dim == 64
 
 
 @pytest.mark.parametrize("rope_head_dim", [3, 5, 1])

@@ -2,9 +2,10 @@
 ``gguf_chat_template``), through the ``gguf`` package.
 
 Covered: the dense Llama family (rmsnorm, rope, swiglu; mha/gqa/mqa) as llama.cpp's ``llama``
-architecture (``bias=True`` too: llama.cpp reads optional biases), and Qwen2-style q/k/v biases as
-``qwen2``. Tensor names, the RoPE row permutation and quantisation are in gguf_tensors.py; the
-tokenizer metadata in gguf_vocab.py.
+architecture (``bias=True`` too: llama.cpp reads optional biases), Qwen2-style q/k/v biases as
+``qwen2``, and GPT-2-style models (layernorm, learned, sinusoidal or no positions, tanh-GELU MLP,
+mha, with or without biases) as ``gpt2`` (gguf_gpt2.py). Tensor names, the RoPE row permutation
+and quantisation are in gguf_tensors.py; the tokenizer metadata in gguf_vocab.py.
 
 >>> model.save_gguf("model.gguf", tokenizer=tok, template="chatml", dtype="q8_0")  # doctest: +SKIP
 >>> model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")                           # doctest: +SKIP
@@ -24,12 +25,13 @@ from ..model.config import TransformerConfig
 from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from ..tokenizer.hf import HFTokenizer
+from . import gguf_gpt2
 from .gguf_reader import GGUFFile
 from .gguf_tensors import FILE_TYPES, WRITABLE, check_types, decode, encode, from_gguf_layout, gguf_name, to_gguf_layout
 from .gguf_vocab import build_tokenizer, read_vocab, vocab_metadata, write_vocab
 from .hf_io import as_template, check_vocab
 
-ARCHES = ("llama", "qwen2")
+ARCHES = ("llama", "qwen2", "gpt2")
 
 
 def _gguf():
@@ -43,16 +45,20 @@ def _gguf():
 # export ----------------------------------------------------------------------------------------
 def gguf_arch(cfg: TransformerConfig) -> str:
     """The llama.cpp architecture that computes exactly what ``cfg`` computes, or ValueError
-    naming every field that blocks the export."""
+    naming every field that blocks the export (as llama and as gpt2)."""
     want = {"norm": "rmsnorm", "pos_enc": "rope", "ffn": "swiglu"}
     bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
     if cfg.attn == "mla":
         bad.append("attn='mla' (needs mha, gqa, mqa or flash)")
-    if bad:
-        raise ValueError(f"no GGUF (llama.cpp) counterpart for this config: {'; '.join(bad)}. GGUF export covers "
-                         "Llama-style models (rmsnorm, rope, swiglu, mha/gqa/mqa; optional bias or qkv_bias); "
-                         "use save_pretrained for the others")
-    return "qwen2" if cfg.qkv_bias and not cfg.bias else "llama"
+    if not bad:
+        return "qwen2" if cfg.qkv_bias and not cfg.bias else "llama"
+    gpt2 = gguf_gpt2.blockers(cfg)
+    if not gpt2:
+        return "gpt2"
+    raise ValueError(f"no GGUF (llama.cpp) counterpart for this config: as llama {'; '.join(bad)}; as gpt2 "
+                     f"{'; '.join(gpt2)}. GGUF export covers Llama-style models (rmsnorm, rope, swiglu, mha/gqa/mqa; "
+                     "optional bias or qkv_bias) and GPT-2-style ones (layernorm, learned/sinusoidal/no positions, "
+                     "tanh-GELU ffn, mha); use save_pretrained for the others")
 
 
 def _template_text(tokenizer, template) -> str | None:
@@ -109,7 +115,7 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
         w.add_file_type(FILE_TYPES[dtype])
         if dtype == "q8_0":
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(w, cfg)
+        (gguf_gpt2.write_hparams if arch == "gpt2" else _write_hparams)(w, cfg)
         if vocab is not None:
             write_vocab(w, vocab, _eot_id(tokenizer, template))
         jinja = _template_text(tokenizer, template)
@@ -131,6 +137,11 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
 
 def _add_tensors(w, model: Transformer, arch: str, dtype: str) -> None:
     cfg = model.cfg
+    if arch == "gpt2":
+        for name, t in gguf_gpt2.tensors(model.state_dict(), cfg).items():
+            array, raw = encode(t, dtype)
+            w.add_tensor(name, array, raw_dtype=raw)
+        return
     for key, t in model.state_dict().items():
         if key == "head.weight" and cfg.tie_weights:
             continue
@@ -173,16 +184,26 @@ _REQUIRED = ("embedding_length", "block_count", "feed_forward_length", "attentio
              "attention.layer_norm_rms_epsilon")
 
 
-def gguf_config(fields: dict, tensors: dict) -> TransformerConfig:
-    """The ``TransformerConfig`` of a llama / qwen2 GGUF (``tensors``: name -> reader tensor),
-    or ValueError naming what is missing or has no counterpart (MoE, RoPE scaling, partial rotary)."""
+def _arch_fields(fields: dict, tensors: dict):
+    """``(architecture, a)`` where ``a(key, default)`` reads ``<arch>.<key>``; ValueError for an
+    unsupported architecture or missing required metadata."""
     arch = _field(fields, "general.architecture")
     if arch not in ARCHES:
         raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(ARCHES)}")
     a = lambda key, default=None: _field(fields, f"{arch}.{key}", default)  # noqa: E731
-    missing = [f"{arch}.{k}" for k in _REQUIRED if a(k) is None]
+    missing = [f"{arch}.{k}" for k in (gguf_gpt2.REQUIRED if arch == "gpt2" else _REQUIRED) if a(k) is None]
     if missing or "token_embd.weight" not in tensors:
         raise ValueError(f"incomplete GGUF file: missing {', '.join(missing or ['token_embd.weight'])}")
+    return arch, a
+
+
+def gguf_config(fields: dict, tensors: dict) -> TransformerConfig:
+    """The ``TransformerConfig`` of a llama / qwen2 / gpt2 GGUF (``tensors``: name -> reader tensor),
+    or ValueError naming what is missing or has no counterpart (MoE, RoPE scaling, partial rotary)."""
+    arch, a = _arch_fields(fields, tensors)
+    if arch == "gpt2":
+        check_types(tensors.values())
+        return gguf_gpt2.config(a, tensors, decode, _f32)[0]
     dim, n_heads = a("embedding_length"), a("attention.head_count")
     head_dim = a("attention.key_length") or dim // n_heads
     kv = a("attention.head_count_kv") or n_heads
@@ -214,11 +235,13 @@ def gguf_config(fields: dict, tensors: dict) -> TransformerConfig:
 
 
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> Transformer:
-    """A llama / qwen2 GGUF file as our ``Transformer`` in eval mode: weights dequantised to
+    """A llama / qwen2 / gpt2 GGUF file as our ``Transformer`` in eval mode: weights dequantised to
     float32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), the RoPE permutation undone;
     ``dtype`` casts after. ``overrides`` replace config fields (e.g. ``max_seq=2048``)."""
     reader = _reader(path)
     tensors = {t.name: t for t in reader.tensors}
+    if _field(reader.fields, "general.architecture") == "gpt2":
+        return _load_gpt2(path, reader.fields, tensors, dtype, overrides)
     cfg = gguf_config(reader.fields, tensors)
     if overrides:
         cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
@@ -244,6 +267,36 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overr
             t = decode(tensors[name])
             expected[key].copy_(from_gguf_layout(key, t, cfg.n_heads, cfg.n_kv_heads) if arch == "llama" else t)
             del t
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def _load_gpt2(path, fields: dict, tensors: dict, dtype, overrides: dict) -> Transformer:
+    """``load_gguf`` for llama.cpp's gpt2: names checked against the metadata, types before any
+    decoding, then the transformers GPT-2 mapping (fillers dropped); shapes checked by the load."""
+    _, a = _arch_fields(fields, tensors)
+    wanted = gguf_gpt2.expected_names(a("block_count"), "output.weight" not in tensors)
+    extra, missing = sorted(set(tensors) - wanted), sorted(wanted - set(tensors))
+    if extra or missing:
+        raise ValueError(f"{path}: tensors do not match its gpt2 metadata (unexpected: {', '.join(extra[:5]) or '-'}; "
+                         f"missing: {', '.join(missing[:5]) or '-'})")
+    check_types(tensors.values())
+    cfg, view = gguf_gpt2.config(a, tensors, decode, _f32)
+    if overrides:
+        cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
+    sd = gguf_gpt2.state_dict(view, cfg)
+    rows = sd["pos.weight"].shape[0] if "pos.weight" in sd else cfg.max_seq
+    if rows < cfg.max_seq:
+        raise ValueError(f"max_seq={cfg.max_seq} is longer than the file's {rows} learned positions")
+    if rows > cfg.max_seq:
+        sd["pos.weight"] = sd["pos.weight"][: cfg.max_seq]  # a shorter max_seq override crops the table
+    model = empty_transformer(cfg)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensor shapes do not match its gpt2 metadata: {e}") from None
+    del sd, view
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -3,20 +3,24 @@
 Each family is a set of required settings of our config; a config that matches none raises a
 ``ValueError`` naming the fields that block it. Families: ``llama`` (also Mistral/SmolLM on
 import), ``qwen2`` (Llama + q/k/v biases), ``mixtral`` (Llama + top-k MoE), ``deepseek_v2``
-(MLA, dense or shared-expert MoE; see hf_deepseek.py), ``gpt2``.
+(MLA, dense or shared-expert MoE; see hf_deepseek.py), ``gpt2`` (see hf_gpt2.py). Where the
+transformers class has parameters our config lacks (GPT-2's biases and positions), the export
+fills them so that it computes exactly the same thing.
 """
 
 from __future__ import annotations
 
 from ..model.config import TransformerConfig
 from . import hf_deepseek as deepseek
+from . import hf_gpt2 as gpt2
+from .hf_act import GATED, gated_ffn, hidden_act
 
-SUPPORTED = ("LlamaForCausalLM (rmsnorm, rope, swiglu, mha/gqa/mqa/flash)",
+SUPPORTED = ("LlamaForCausalLM (rmsnorm, rope, swiglu/glu/reglu/geglu, mha/gqa/mqa/flash)",
              "Qwen2ForCausalLM (the same with qkv_bias=True)",
              "MixtralForCausalLM (the same with ffn='moe', moe_norm_topk=True)",
-             "DeepseekV2ForCausalLM (attn='mla', rmsnorm, rope, eps=1e-6, swiglu or moe_shared with "
+             "DeepseekV2ForCausalLM (attn='mla', rmsnorm, rope, eps=1e-6, a gated FFN or moe_shared with "
              "moe_norm_topk=False)",
-             "GPT2LMHeadModel (layernorm, learned, ffn, mha, bias=True, tie_weights=True)")
+             "GPT2LMHeadModel (layernorm, learned/sinusoidal/no positions, ffn or relu_ffn, mha)")
 
 
 def _blockers(cfg: TransformerConfig, want: dict) -> list[str]:
@@ -31,14 +35,8 @@ def _family(cfg: TransformerConfig) -> str:
             raise ValueError(f"no exact transformers counterpart for DeepseekV2ForCausalLM: {'; '.join(bad)}. "
                              f"Supported: {'; '.join(SUPPORTED)}")
         return "deepseek_v2"
-    if cfg.pos_enc == "learned" or cfg.norm == "layernorm":
-        want = {"norm": "layernorm", "pos_enc": "learned", "ffn": "ffn", "bias": True,
-                "tie_weights": True}
-        bad = _blockers(cfg, want)
-        if cfg.attn not in ("mha", "flash") or cfg.n_kv_heads != cfg.n_heads:
-            bad.append(f"attn={cfg.attn!r} with n_kv_heads={cfg.n_kv_heads} (needs mha)")
-        if cfg.head_dim * cfg.n_heads != cfg.dim:
-            bad.append(f"head_dim={cfg.head_dim} (needs dim // n_heads)")
+    if cfg.norm == "layernorm" or cfg.pos_enc in ("learned", "sinusoidal"):
+        bad = gpt2.blockers(cfg)
         if bad:
             raise ValueError(f"no exact transformers counterpart for GPT2LMHeadModel: {'; '.join(bad)}. "
                              f"Supported: {'; '.join(SUPPORTED)}")
@@ -46,8 +44,8 @@ def _family(cfg: TransformerConfig) -> str:
     bad = _blockers(cfg, {"norm": "rmsnorm", "pos_enc": "rope"})
     if cfg.ffn == "moe_shared":
         bad.append("ffn='moe_shared' (DeepSeekMoE exists in transformers only with attn='mla': DeepSeek-V2)")
-    elif cfg.ffn not in ("swiglu", "moe"):
-        bad.append(f"ffn={cfg.ffn!r} (needs 'swiglu', or 'moe' for Mixtral)")
+    elif cfg.ffn not in (*GATED, "moe"):
+        bad.append(f"ffn={cfg.ffn!r} (needs a gated FFN: {', '.join(GATED)}; or 'moe' for Mixtral)")
     if cfg.ffn == "moe":
         if not cfg.moe_norm_topk:
             bad.append("moe_norm_topk=False (Mixtral always renormalises the top-k weights)")
@@ -77,17 +75,12 @@ def to_hf_config(cfg: TransformerConfig, special: dict[str, int | None] | None =
     if family == "deepseek_v2":
         d = deepseek.to_config(cfg)
     elif family == "gpt2":
-        d = {"vocab_size": cfg.vocab_size, "n_embd": cfg.dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
-             "n_positions": cfg.max_seq, "n_inner": cfg.hidden_dim,
-             "activation_function": "gelu" if cfg.gelu == "exact" else "gelu_new",
-             "layer_norm_epsilon": cfg.eps, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
-             "attn_pdrop": cfg.dropout,
-             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-             "reorder_and_upcast_attn": False}
+        d = gpt2.to_config(cfg)
     else:
         d = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers,
              "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
-             "head_dim": cfg.head_dim, "intermediate_size": cfg.hidden_dim, "hidden_act": "silu",
+             "head_dim": cfg.head_dim, "intermediate_size": cfg.hidden_dim,
+             "hidden_act": hidden_act(cfg) if cfg.ffn in GATED else "silu",
              "max_position_embeddings": cfg.max_seq, "rms_norm_eps": cfg.eps,
              "rope_theta": cfg.rope_theta,
              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
@@ -115,31 +108,15 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
     if mt == "deepseek_v2":
         return mt, deepseek.from_config(d, max_seq)
     if mt == "gpt2":
-        bad = []
-        act = d.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            bad.append(f"activation_function={act!r} (needs a GELU: gelu_new, gelu_pytorch_tanh or gelu)")
-        for k, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True),
-                      ("reorder_and_upcast_attn", False)):
-            if d.get(k, ok) != ok:
-                bad.append(f"{k}={d[k]!r}")
-        if d.get("tie_word_embeddings", True) is False:
-            bad.append("tie_word_embeddings=False")
-        if bad:
-            raise ValueError(f"GPT-2 config not representable exactly: {', '.join(bad)}")
-        n_embd = d.get("n_embd", 768)
-        return "gpt2", TransformerConfig(
-            vocab_size=d["vocab_size"], dim=n_embd, n_layers=d.get("n_layer", 12), n_heads=d.get("n_head", 12),
-            max_seq=d.get("n_positions", 1024), attn="mha", ffn="ffn",
-            hidden_dim=d.get("n_inner") or 4 * n_embd,
-            norm="layernorm", eps=d.get("layer_norm_epsilon", 1e-5), pos_enc="learned", tie_weights=True,
-            bias=True, init_std=d.get("initializer_range", 0.02), gelu="exact" if act == "gelu" else "tanh")
+        return "gpt2", gpt2.from_config(d)
     if mt not in ("llama", "mistral", "qwen2", "mixtral"):
         raise ValueError(f"model_type={mt!r} is not supported; supported: llama, mistral, qwen2, mixtral, "
                          "deepseek_v2, gpt2")
     bad = []
-    if d.get("hidden_act", "silu") != "silu":
-        bad.append(f"hidden_act={d['hidden_act']!r}")
+    act = d.get("hidden_act", "silu")
+    gated = gated_ffn(act)
+    if gated is None or (mt == "mixtral" and gated[0] != "swiglu"):
+        bad.append(f"hidden_act={act!r}")
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
         bad.append(f"rope scaling {rope!r}")
@@ -166,7 +143,7 @@ def from_hf_config(d: dict, max_seq: int | None = None) -> tuple[str, Transforme
                   hidden_dim=d["intermediate_size"], moe_hidden_dim=d["intermediate_size"],
                   moe_norm_topk=True, moe_aux_weight=d.get("router_aux_loss_coef", 0.01))
     else:
-        kw.update(ffn="swiglu", hidden_dim=d["intermediate_size"])
+        kw.update(ffn=gated[0], gelu=gated[1], hidden_dim=d["intermediate_size"])
     if mt == "qwen2":
         kw.update(qkv_bias=True)
     elif mt == "llama" and d.get("attention_bias"):

@@ -16,7 +16,7 @@ from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
 from .files import read_json, staged_folder, write_json
 from .hf_config import from_hf_config, to_hf_config
-from .hf_weights import from_hf, to_hf
+from .hf_weights import drop_fillers, from_hf, to_hf
 
 
 def safetensors_torch():
@@ -156,10 +156,12 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, *
         raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder (a training run "
                                 "folder or .pt checkpoint loads with Transformer.from_checkpoint)")
     family, cfg = from_hf_config(read_json(cfg_path), max_seq=overrides.get("max_seq"))
+    hf = read_weights(path)
+    cfg = drop_fillers(family, cfg, hf)
     if overrides:
         cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
-    sd = from_hf(read_weights(path), family, cfg.n_layers, cfg.tie_weights, cfg)
-    if family == "gpt2" and sd["pos.weight"].shape[0] != cfg.max_seq:
+    sd = from_hf(hf, family, cfg.n_layers, cfg.tie_weights, cfg)
+    if "pos.weight" in sd and sd["pos.weight"].shape[0] != cfg.max_seq:
         if cfg.max_seq > sd["pos.weight"].shape[0]:
             raise ValueError(f"max_seq={cfg.max_seq} is longer than the checkpoint's {sd['pos.weight'].shape[0]} "
                              "learned positions")

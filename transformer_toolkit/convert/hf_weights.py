@@ -3,7 +3,7 @@
 Our names already follow HF Llama (``q_proj``, ``gate_proj``...), and RoPE uses the same
 ``rotate_half`` layout, so Llama/Qwen2 need only a key rename. Mixtral's experts are stored
 per expert (``block_sparse_moe.experts.{e}.w1/w2/w3``, the layout of the published
-checkpoints); GPT-2 fuses q/k/v into ``c_attn`` and its ``Conv1D`` stores weights ``(in, out)``.
+checkpoints). GPT-2 and DeepSeek-V2 have their own modules (hf_gpt2.py, hf_deepseek.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from . import hf_deepseek as deepseek
+from . import hf_gpt2 as gpt2
 
 _LLAMA_LAYER = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight"}
 for _p in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -24,14 +25,27 @@ for _p in ("gate_proj", "up_proj", "down_proj"):
 
 def to_hf(sd: dict[str, Tensor], family: str, n_layers: int, tied: bool, cfg=None) -> dict[str, Tensor]:
     """Our state dict -> transformers keys (contiguous tensors; no head when tied). ``cfg`` (our
-    TransformerConfig) is needed for ``deepseek_v2`` only."""
+    TransformerConfig) is needed for ``deepseek_v2`` and ``gpt2`` only."""
     if family == "deepseek_v2":
         out = deepseek.to_weights(sd, cfg)
+    elif family == "gpt2":
+        out = gpt2.to_weights(sd, cfg)
     else:
-        out = _to_gpt2(sd, n_layers) if family == "gpt2" else _to_llama(sd, n_layers, family)
+        out = _to_llama(sd, n_layers, family)
     if not tied:
         out["lm_head.weight"] = sd["head.weight"]
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def drop_fillers(family: str, cfg, hf: dict[str, Tensor]):
+    """``cfg`` without the parameters the checkpoint holds only as exact fillers (zero biases,
+    positions...: what our export adds where a transformers class has parameters our config
+    lacks), so a model exported by us loads back with its own config."""
+    if family == "gpt2":
+        return gpt2.drop_fillers(cfg, hf)
+    if family == "deepseek_v2":
+        return deepseek.drop_fillers(cfg, hf)
+    return cfg
 
 
 # Buffers some checkpoints carry that hold no weights (recomputed by every implementation).
@@ -46,8 +60,10 @@ def from_hf(hf: dict[str, Tensor], family: str, n_layers: int, tied: bool, cfg=N
     seen = _Seen(hf)
     if family == "deepseek_v2":
         sd = deepseek.from_weights(seen, cfg)
+    elif family == "gpt2":
+        sd = gpt2.from_weights(seen, cfg)
     else:
-        sd = _from_gpt2(seen, n_layers) if family == "gpt2" else _from_llama(seen, n_layers, family)
+        sd = _from_llama(seen, n_layers, family)
     head = seen.get("lm_head.weight")
     if not tied and head is None:
         raise ValueError("config.json says tie_word_embeddings=false but the checkpoint has no lm_head.weight; "
@@ -118,39 +134,4 @@ def _from_llama(hf: dict[str, Tensor], n_layers: int, family: str) -> dict[str, 
         n = sum(1 for k in hf if k.startswith(moe + "experts.") and k.endswith(".w1.weight"))
         for name, w in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
             sd[ours + f"ffn.experts.{w}"] = torch.stack([hf[moe + f"experts.{e}.{name}.weight"] for e in range(n)])
-    return sd
-
-
-def _to_gpt2(sd: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
-    out = {"transformer.wte.weight": sd["embed.weight"], "transformer.wpe.weight": sd["pos.weight"],
-           "transformer.ln_f.weight": sd["norm.weight"], "transformer.ln_f.bias": sd["norm.bias"]}
-    for i in range(n_layers):
-        o, t = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
-            out[t + b + ".weight"], out[t + b + ".bias"] = sd[o + a + ".weight"], sd[o + a + ".bias"]
-        qkv = [o + f"attn.{p}_proj" for p in "qkv"]
-        out[t + "attn.c_attn.weight"] = torch.cat([sd[p + ".weight"] for p in qkv]).t()  # Conv1D: (in, out)
-        out[t + "attn.c_attn.bias"] = torch.cat([sd[p + ".bias"] for p in qkv])
-        for ours, theirs in (("attn.o_proj", "attn.c_proj"), ("ffn.up_proj", "mlp.c_fc"),
-                             ("ffn.down_proj", "mlp.c_proj")):
-            out[t + theirs + ".weight"] = sd[o + ours + ".weight"].t()
-            out[t + theirs + ".bias"] = sd[o + ours + ".bias"]
-    return out
-
-
-def _from_gpt2(hf: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
-    p = "transformer." if "transformer.wte.weight" in hf else ""  # GPT2LMHeadModel vs bare GPT2Model keys
-    sd = {"embed.weight": hf[p + "wte.weight"], "pos.weight": hf[p + "wpe.weight"],
-          "norm.weight": hf[p + "ln_f.weight"], "norm.bias": hf[p + "ln_f.bias"]}
-    for i in range(n_layers):
-        o, t = f"blocks.{i}.", f"{p}h.{i}."
-        for a, b in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
-            sd[o + a + ".weight"], sd[o + a + ".bias"] = hf[t + b + ".weight"], hf[t + b + ".bias"]
-        w, b = hf[t + "attn.c_attn.weight"].t(), hf[t + "attn.c_attn.bias"]
-        for j, (wp, bp) in enumerate(zip(w.chunk(3), b.chunk(3), strict=True)):
-            sd[o + f"attn.{'qkv'[j]}_proj.weight"], sd[o + f"attn.{'qkv'[j]}_proj.bias"] = wp, bp
-        for ours, theirs in (("attn.o_proj", "attn.c_proj"), ("ffn.up_proj", "mlp.c_fc"),
-                             ("ffn.down_proj", "mlp.c_proj")):
-            sd[o + ours + ".weight"] = hf[t + theirs + ".weight"].t()
-            sd[o + ours + ".bias"] = hf[t + theirs + ".bias"]
     return sd

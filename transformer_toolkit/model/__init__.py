@@ -16,13 +16,14 @@ from .moe import ExpertChoiceMoE, SharedExpertMoE, TokenChoiceMoE
 from .norm import LayerNorm, RMSNorm
 from .position import LearnedPE, RotaryEmbedding, SinusoidalPE
 from .transformer import Block, Transformer
+from .variant_fields import IgnoredFieldWarning
 
 MoE = TokenChoiceMoE
 
 __all__ = [
     "ATTN_KINDS", "FFN_KINDS", "NORM_KINDS", "POS_KINDS",
     "Attention", "AttnContext", "Block", "ExpertChoiceMoE", "FFN", "FlashAttention", "GLU", "GeGLU",
-    "GroupedQueryAttention", "LayerCache", "LayerNorm", "LearnedPE", "MLAttention", "MoE",
+    "GroupedQueryAttention", "IgnoredFieldWarning", "LayerCache", "LayerNorm", "LearnedPE", "MLAttention", "MoE",
     "MultiHeadAttention", "MultiQueryAttention", "RMSNorm", "ReGLU", "ReluFFN", "RotaryEmbedding",
     "SharedExpertMoE", "SinusoidalPE", "SwiGLU", "TokenChoiceMoE", "Transformer", "TransformerConfig",
 ]

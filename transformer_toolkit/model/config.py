@@ -1,7 +1,12 @@
 """TransformerConfig: every architecture decision of the decoder, validated at construction.
 
 Each variant is one string; an unknown string, an unknown field or an impossible combination
-raises a ``ValueError`` that names the field and says how to fix it.
+raises a ``ValueError`` that names the field and says how to fix it. A field that belongs to
+another variant (``n_kv_heads`` with ``attn="mha"``, the MoE fields with a dense FFN; the table
+is in variant_fields.py) is accepted and ignored, with one ``IgnoredFieldWarning`` naming every
+such field, so one base config serves every variant. The config records the value the chosen
+variant uses (``n_kv_heads == n_heads`` for mha, the default for a field it does not read): two
+configs that build the same model are equal, and ``from_dict(cfg.to_dict())`` warns about nothing.
 
 >>> cfg = TransformerConfig(vocab_size=8000, dim=384, n_layers=6, n_heads=6,
 ...                         attn="gqa", n_kv_heads=3, ffn="swiglu", hidden_dim=1536)
@@ -11,9 +16,13 @@ True
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 from pydantic import model_validator
 
 from ..config_base import StrictConfig, check_choice
+from .variant_fields import IgnoredFieldWarning, ignored_fields
 
 ATTN_KINDS = ("mha", "gqa", "mqa", "flash", "mla")
 FFN_KINDS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_ec", "moe_shared")
@@ -27,10 +36,10 @@ class TransformerConfig(StrictConfig):
     """All architecture choices of a decoder-only transformer.
 
     Defaults follow the seed README. ``None`` fields are derived:
-    ``n_kv_heads`` (= ``n_heads`` for mha/flash, 1 for mqa), ``hidden_dim`` (= ``4 * dim``),
+    ``n_kv_heads`` (= ``n_heads`` for mha/flash/mla, 1 for mqa), ``hidden_dim`` (= ``4 * dim``),
     ``head_dim`` (= ``dim // n_heads``), ``moe_hidden_dim`` (= ``hidden_dim``),
     ``moe_n_routed`` (= ``n_experts - moe_n_shared``), ``rope_head_dim`` (= ``head_dim // 2``,
-    MLA only).
+    MLA only). A field the chosen variants do not read (see variant_fields.py) holds its default.
     """
 
 
@@ -104,6 +113,7 @@ class TransformerConfig(StrictConfig):
         if self.pos_enc == "rope" and self.attn != "mla" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
 
+        given = self._drop_ignored()
         self._resolve_kv_heads()
         if self.attn == "mla":
             self._resolve_mla()
@@ -112,30 +122,38 @@ class TransformerConfig(StrictConfig):
             self.hidden_dim = 4 * self.dim
         if self.ffn in MOE_KINDS:
             self._resolve_moe()
+        self._warn_ignored(given)
         return self
 
+    def _drop_ignored(self) -> dict:
+        """Reset every explicitly set field the chosen variants do not read to its default (the
+        resolution below then derives what the variant uses); return ``{field: given value}``."""
+        given = {}
+        for f in ignored_fields(self):
+            if f.name in self.model_fields_set:
+                given[f.name] = getattr(self, f.name)
+                setattr(self, f.name, type(self).model_fields[f.name].default)
+        return given
+
+    def _warn_ignored(self, given: dict) -> None:
+        """One warning naming every ignored field whose value differs from the recorded one (a
+        recorded value, as ``to_dict()`` gives it back, is never reported)."""
+        parts = [f.message(given[f.name], *f.blocker(self)) for f in ignored_fields(self)
+                 if f.name in given and given[f.name] != getattr(self, f.name)]
+        if parts:
+            text = parts[0] if len(parts) == 1 else f"{len(parts)} fields are ignored:\n  " + "\n  ".join(parts)
+            warnings.warn(text, IgnoredFieldWarning, stacklevel=_caller_level())
+
     def _resolve_kv_heads(self) -> None:
-        h, kv = self.n_heads, self.n_kv_heads
+        h, kv = self.n_heads, self.n_kv_heads  # kv is None unless the variant reads it (gqa, flash)
         if self.attn == "mqa":
-            if kv not in (None, 1):
-                raise ValueError(f"attn='mqa' uses exactly one kv head; got n_kv_heads={kv}. "
-                                 f"Use attn='gqa' for {kv} kv heads")
             self.n_kv_heads = 1
-        elif self.attn == "mha":
-            if kv not in (None, h):
-                raise ValueError(f"attn='mha' uses n_kv_heads == n_heads ({h}); got n_kv_heads={kv}. "
-                                 f"Use attn='gqa' for grouped kv heads")
-            self.n_kv_heads = h
         elif self.attn == "gqa":
             if kv is None:
                 raise ValueError(f"attn='gqa' needs n_kv_heads (a divisor of n_heads={h}), "
                                  f"e.g. n_kv_heads={max(1, h // 2)}")
-        elif self.attn == "flash":
+        else:  # mha, flash by default, and mla (every head has its own k and v, expanded from the latent)
             self.n_kv_heads = h if kv is None else kv
-        else:  # mla: every head has its own k and v, expanded from the shared latent
-            if kv not in (None, h):
-                raise ValueError(f"attn='mla' expands the latent to all {h} heads; leave n_kv_heads unset")
-            self.n_kv_heads = h
         kv = self.n_kv_heads
         if kv < 1 or h % kv:
             raise ValueError(f"n_heads must be divisible by n_kv_heads: n_heads={h}, n_kv_heads={kv}. "
@@ -147,9 +165,7 @@ class TransformerConfig(StrictConfig):
         if self.q_latent_dim is not None and self.q_latent_dim < 1:
             raise ValueError(f"q_latent_dim must be >= 1 or None, got {self.q_latent_dim}")
         if self.pos_enc != "rope":
-            if self.rope_head_dim not in (None, 0):
-                raise ValueError("rope_head_dim is only used with pos_enc='rope'; leave it unset")
-            self.rope_head_dim = 0
+            self.rope_head_dim = 0  # no rope part (an explicit value was dropped as ignored)
             return
         if self.rope_head_dim is None:
             self.rope_head_dim = max(2, (self.head_dim // 2) // 2 * 2)
@@ -186,3 +202,13 @@ class TransformerConfig(StrictConfig):
     @property
     def is_moe(self) -> bool:
         return self.ffn in MOE_KINDS
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside pydantic and the config
+    modules: the user's ``TransformerConfig(...)`` line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+            ("pydantic", __name__, "transformer_toolkit.config_base")):
+        frame, level = frame.f_back, level + 1
+    return level

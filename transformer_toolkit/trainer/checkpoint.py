@@ -98,8 +98,20 @@ def config_diff(ckpt: dict, model: nn.Module) -> dict[str, tuple]:
     saved, cfg = ckpt.get("model_config"), getattr(model, "cfg", None)
     if not saved or cfg is None or not hasattr(cfg, "to_dict"):
         return {}
-    now = cfg.to_dict()
+    saved, now = _as_recorded(saved, cfg), cfg.to_dict()
     return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+
+def _as_recorded(saved: dict, cfg) -> dict:
+    """The saved config as ``cfg``'s class records it today: an older checkpoint may hold a value
+    for a field its variant ignores (``latent_dim`` of an mha model), which changes no weight.
+    The dict as saved when it no longer validates."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return type(cfg).from_dict(saved).to_dict()
+    except (ValueError, TypeError):
+        return saved
 
 
 def load_model_state(ckpt: dict, model: nn.Module, path) -> None:
