@@ -1,4 +1,5 @@
-"""The ``ttk`` command: one function per subcommand (see train.py and use.py).
+"""The ``ttk`` command: one function per subcommand (train.py, use.py, interop.py; the model of
+``--run`` / ``--model`` is loaded by source.py through ``store.load``).
 
 Any mistake in the input (unknown field, bad value, missing file) prints one line naming it and
 exits with status 2; ``--debug`` shows the traceback instead.
@@ -28,7 +29,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder or .pt checkpoint")
     src.add_argument("--model", help="pretrained model: a transformers folder (Llama/Mistral/Qwen2/SmolLM/GPT-2/"
-                                     "Mixtral), a folder from ttk pull, or a .gguf file")
+                                     "Mixtral), a folder from ttk pull, a .gguf file, or a Hub repo id "
+                                     "(owner/name, pulled once into ~/.cache/transformer_toolkit/hub)")
 
 
 def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, "sft")
     p.add_argument("--init", help="start from this run folder, checkpoint, transformers folder or .gguf file "
                                   "instead of from scratch")
-    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder, .gguf or Hub id)")
 
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
@@ -136,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="user/name")
     p.add_argument("--out", required=True, help="folder to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
+
+    from .serve import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return ap
 
 
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import evaluate, interop, train, use
+        from . import evaluate, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
-                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args)}
+                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),
+                    "serve": lambda: serve.cmd_serve(args)}
         return handlers[args.command]()
     except (ValueError, FileNotFoundError, ValidationError, ImportError) as e:
         if args.debug:

@@ -18,36 +18,30 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from . import debug as _debug
-from .attention import Attention, AttnContext, FlashAttention
+from .attention import AttnContext
 from .cache import LayerCache
 from .config import TransformerConfig
-from .mla import MLAttention
-from .moe import MOE, Experts, build_ffn, compute_dtype
-from .norm import build_norm
-from .position import LearnedPE, RotaryEmbedding, SinusoidalPE, alibi_bias, alibi_slopes
-
-ATTENTION = {"mha": Attention, "gqa": Attention, "mqa": Attention, "flash": FlashAttention, "mla": MLAttention}
+from .kernels import Linear, compute_dtype
+from .moe import Experts
+from .position import alibi_bias
+from .variants import ATTENTION, FFN, NORM, POS_ENC
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``; returns the
+    new residual stream and the feed-forward's auxiliary loss (None for a dense one)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.attn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.attn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
         self.attn = ATTENTION[cfg.attn](cfg)
-        self.ffn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
-        self.ffn = build_ffn(cfg)
-        self.is_moe = cfg.ffn in MOE
+        self.ffn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
+        self.ffn = FFN[cfg.ffn].from_config(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         x = x + self.drop(self.attn(self.attn_norm(x), ctx, cache))
-        h = self.ffn_norm(x)
-        if self.is_moe:
-            y, aux = self.ffn(h, ctx.continuing)
-        else:
-            y, aux = self.ffn(h), None
+        y, aux = self.ffn(self.ffn_norm(x), ctx.continuing)
         return x + self.drop(y), aux
 
 
@@ -65,26 +59,21 @@ class Transformer(nn.Module):
             cfg = TransformerConfig(**cfg)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = None
-        if cfg.pos_enc == "learned":
-            self.pos = LearnedPE(cfg.dim, cfg.max_seq)
-        elif cfg.pos_enc == "sinusoidal":
-            self.pos = SinusoidalPE(cfg.dim, cfg.max_seq, rms=cfg.init_std)
-        self.rope = None
-        if cfg.pos_enc == "rope":
-            rot = cfg.rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-            self.rope = RotaryEmbedding(rot, cfg.max_seq, cfg.rope_theta)
-        if cfg.pos_enc == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
+        # at most one is set: a position table added to the residual stream (learned, sinusoidal),
+        # RoPE tables or ALiBi slopes (used inside attention)
+        self.pos, self.rope, slopes = POS_ENC[cfg.pos_enc](cfg)
+        if slopes is not None:
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
         else:
             self.alibi_slopes = None
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.norm = NORM[cfg.norm](cfg.dim, cfg.eps)
+        self.head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.grad_checkpoint = False  # recompute each block in backward (set by the trainer)
+        self.kernel_mode = None  # set inside kernels.decode_kernels; passed to attention in AttnContext
         self.register_load_state_dict_pre_hook(_fill_tied_head)
         self.init_weights()
         self.debug = debug
@@ -144,16 +133,21 @@ class Transformer(nn.Module):
         """Context for a cached step whose position is a tensor: keys are the whole cache
         buffer (``cache_len`` slots) and a mask hides the slots after each query. Every shape
         is independent of the position, and nothing reads it on the host, so the step can be
-        captured once in a CUDA graph and replayed at any position. Returns the context and
-        the ``(B, T)`` positions."""
-        positions = (start.reshape(1) + torch.arange(T, device=start.device)).expand(B, T)
+        captured once in a CUDA graph and replayed at any position. ``start`` holds one
+        position (every row there) or one per row (``(B,)``: rows at different positions, as
+        the requests of a continuous batch; the mask and ALiBi bias are then per row).
+        Returns the context and the ``(B, T)`` positions."""
+        per_row = start.numel() > 1
+        q_pos = start.reshape(-1, 1) + torch.arange(T, device=start.device)  # (B or 1, T)
+        positions = q_pos.expand(B, T)
         k_pos = torch.arange(cache_len, device=start.device)
-        visible = k_pos[None, :] <= positions[0][:, None]  # (T, S), True = attend
+        visible = k_pos <= q_pos[..., None]  # (B or 1, T, S), True = attend
+        visible = visible.unsqueeze(1) if per_row else visible[0]  # (B, 1, T, S) or (T, S)
         rope = self.rope(0, T, positions) if self.rope is not None else None
         if self.alibi_slopes is not None:
-            bias = alibi_bias(self.alibi_slopes, positions[0], k_pos).masked_fill(~visible, float("-inf"))
-            return AttnContext(start, rope, bias.unsqueeze(0).to(compute_dtype(self.embed.weight)),
-                               False, True), positions
+            bias = alibi_bias(self.alibi_slopes, q_pos if per_row else q_pos[0], k_pos)
+            bias = bias.masked_fill(~visible, float("-inf")).to(compute_dtype(self.embed.weight))
+            return AttnContext(start, rope, bias if per_row else bias.unsqueeze(0), False, True), positions
         return AttnContext(start, rope, visible, False, True), positions
 
     def _packed_context(self, doc_ids: Tensor) -> tuple[AttnContext, Tensor]:
@@ -184,8 +178,10 @@ class Transformer(nn.Module):
 
         With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
         sequence whose earlier positions are already cached; their keys and values are added.
-        ``start_pos`` may be a long tensor (one element) for a step with position-independent
-        shapes (CUDA graphs); it is not bounds-checked then.
+        ``start_pos`` may be a long tensor for a step with position-independent shapes (CUDA
+        graphs): one element, or one per row (``(B,)``: each row continues its own sequence at
+        its own position, as the requests of a continuous batch do; attention then covers the
+        whole cache buffer, masked per row). It is not bounds-checked then.
         With ``doc_ids`` ``(B, T)`` (packed SFT rows), tokens attend only within their document
         and positions restart at each document (``moe_ec`` still routes over the whole row).
         ``logits_to_keep=n`` (n > 0): logits of the last ``n`` positions only, ``(B, n, vocab)``;
@@ -216,6 +212,7 @@ class Transformer(nn.Module):
             ctx = self._context(T, start_pos, tokens.device)
             if self.pos is not None:
                 x = x + self.pos(start_pos, T)
+        ctx.kernels = self.kernel_mode
         x = self.drop(x)
         trace = _debug.ForwardTrace(tokens, x) if self.debug and cache is None else None
         aux_total, n_aux = None, 0
@@ -253,10 +250,10 @@ class Transformer(nn.Module):
                  generator: torch.Generator | None = None, compile: bool = False, prompt_cache=None) -> Tensor:
         """Sample ``max_new`` tokens after ``tokens`` ``(B, T)`` and return ``(B, T + max_new)``
         (shorter only if every row hit one of ``stop_ids``). ``compile=True``: a compiled decode
-        step (faster per token after a one-time compile); ``prompt_cache``: a
-        ``generation.PromptCache`` that lets the next call skip recomputing a shared prompt
-        prefix. See ``transformer_toolkit.generation``."""
-        from ..generation import generate
+        step (faster per token after a one-time compile); ``prompt_cache``: a ``PromptCache``
+        (``transformer_toolkit.inference``) that lets the next call skip recomputing a shared
+        prompt prefix."""
+        from ..inference.decoding import generate
 
         return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
                         prompt_cache)
@@ -266,38 +263,42 @@ class Transformer(nn.Module):
                generator: torch.Generator | None = None, compile: bool = False,
                prompt_cache=None) -> Iterator[Tensor]:
         """Like ``generate`` but yields each new ``(B,)`` token tensor as soon as it is sampled."""
-        from ..generation import stream
+        from ..inference.decoding import stream
 
         return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
                       prompt_cache)
 
     # weights and parameters ---------------------------------------------------------------
+    # from_checkpoint, from_pretrained, save_pretrained and save_gguf are entry points of the I/O
+    # layer (transformer_toolkit.store), which sits above the model: each imports it when called.
+    # They are the only upward imports of model/ (see the import-linter contracts in pyproject.toml).
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> Transformer:
-        """Rebuild from a .pt checkpoint or a run folder (see model/loading.py)."""
-        from .loading import load_transformer
-        return load_transformer(path, map_location)
+        """Rebuild from a .pt checkpoint or a run folder (``store.load_model``; the checkpoint holds
+        its config). ``map_location``: where the weights go (default CPU, memory-mapped)."""
+        from ..store import load_model
+        return load_model(path, map_location=map_location)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, **overrides) -> Transformer:
         """Load a transformers folder (Llama / Mistral / Qwen2 / SmolLM / GPT-2 / Mixtral, safetensors),
-        a folder from ``push_to_hub``/``pull_from_hub``, or a ``.gguf`` file; ``overrides`` replace
-        config fields (e.g. ``max_seq=512``). See ``transformer_toolkit.convert``."""
-        from ..convert import load_model
-        return load_model(path, dtype, **overrides)
+        a folder from ``push_to_hub``/``pull_from_hub``, a ``.gguf`` file or a Hub repo id
+        (``store.load_model``); ``overrides`` replace config fields (e.g. ``max_seq=512``)."""
+        from ..store import load_model
+        return load_model(path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path, tokenizer=None, template=None) -> str:
         """Write a folder that ``transformers.AutoModelForCausalLM.from_pretrained`` and
         ``AutoTokenizer.from_pretrained`` load; ``template`` (a preset name or ChatTemplate) becomes
         the tokenizer's chat template. Raises ValueError naming the fields that have no
         transformers counterpart."""
-        from ..convert import save_pretrained
+        from ..store import save_pretrained
         return save_pretrained(self, path, tokenizer=tokenizer, template=template)
 
     def save_gguf(self, path, tokenizer=None, template=None, dtype: str = "f16") -> str:
         """Write a GGUF file for llama.cpp (``dtype`` "f16", "f32" or "q8_0")."""
-        from ..convert.auto import gguf_module
-        return gguf_module().save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
+        from ..store import save_gguf
+        return save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
 
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""
