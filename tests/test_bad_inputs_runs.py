@@ -343,7 +343,7 @@ def test_a_damaged_best_pt_falls_back_to_the_newest_step(run_copy, capsys):
 
 
 # ttk eval on ids the model cannot take ----------------------------------------------------------
-@pytest.mark.parametrize("ids,error", [([5, 6, 7, 300, 8], "token id 300, outside the model's vocabulary [0, 300)"),
+@pytest.mark.parametrize("ids,error", [([5, 6, 7, 300, 8], "token id 300, outside this tokenizer's vocabulary (300)"),
                                        ([5, -1, 7, 8], "token id -1, outside")])
 def test_eval_on_ids_outside_the_vocabulary(trained, tmp_path, capsys, ids, error):
     path = tmp_path / "ids.npy"

@@ -12,6 +12,8 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import model_validator
 
 from ..config_base import StrictConfig, check_choice
@@ -61,6 +63,10 @@ class TrainConfig(StrictConfig):
 
     # evaluation
     eval_iters: int | None = 100  # val batches per eval; None = the whole val loader
+    # tasks scored at eval time (transformer_toolkit.evaluation): names or {"name": ..., options} dicts,
+    # built-in ("synthetic", "bpb") or lm-eval tasks; their scores go to metrics.jsonl and loss.png
+    eval_tasks: list[str | dict[str, Any]] = []
+    eval_tasks_every: int | None = None  # steps between task evals; None = every eval (eval_every)
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
 
     # checkpoints
@@ -89,6 +95,7 @@ class TrainConfig(StrictConfig):
     RANGES = {**{n: {"ge": 1} for n in ("max_steps", "eval_every", "save_every", "log_every", "grad_accum_steps",
                                          "max_bad_steps")},
               "eval_iters": {"ge": 1, "hint": " or None (the whole val loader)"},
+              "eval_tasks_every": {"ge": 1, "hint": " or None (every eval)"},
               "keep_last_n": {"ge": 1, "hint": " or None (keep every step checkpoint)"},
               "warmup_steps": {"ge": 0}, "lr": {"gt": 0}, "min_lr": {"ge": 0}, "weight_decay": {"ge": 0},
               "beta1": {"ge": 0, "lt": 1}, "beta2": {"ge": 0, "lt": 1}, "eps": {"gt": 0},
@@ -102,6 +109,9 @@ class TrainConfig(StrictConfig):
             check_choice("precision", self.precision, PRECISIONS)
         check_choice("progress", self.progress, PROGRESS)
         check_choice("parallel", self.parallel, PARALLEL)
+        for t in self.eval_tasks:
+            if not (isinstance(t, str) and t.strip()) and not (isinstance(t, dict) and isinstance(t.get("name"), str)):
+                raise ValueError(f"eval_tasks entries are task names or dicts with a 'name', got {t!r}")
         if not isinstance(self.hf_push_every_n, bool) and self.hf_push_every_n < 1:
             raise ValueError(f"hf_push_every_n must be True/False or a step count >= 1, got {self.hf_push_every_n}")
         if self.hf_repo is not None and "/" not in self.hf_repo:

@@ -103,6 +103,11 @@ class Trainer(PersistMixin):
             self.uploader = uploader if uploader is not None else default_uploader()
         self.hub: HubWorker | None = None
 
+        self.tasks, self.task_scores = None, None
+        if self.cfg.eval_tasks:  # built now: a bad task name fails before the first step
+            from ..evaluation.training import TrainingTasks
+
+            self.tasks = TrainingTasks(self.cfg.eval_tasks, tokenizer, val_dl)
         self.step, self.best_val_loss, self.val_loss = 0, math.inf, None
         self._bad_steps, self._checked_batch, self._stop_requested = 0, False, False
         self._signals: StopSignals | None = None
@@ -269,6 +274,17 @@ class Trainer(PersistMixin):
                 warnings.warn(f"step {self.step}: the weights hold NaN/inf; best.pt not written", RuntimeWarning,
                               stacklevel=2)
 
+    def _score_tasks(self) -> None:
+        """Score the eval tasks (TrainConfig.eval_tasks) now: a progress line, a metrics record
+        (metrics.jsonl, TensorBoard, loss.png's second panel) and eval/tasks_step_N.json/.md."""
+        folder = self.log_dir / "eval" if self.metrics else None  # rank 0 writes
+        self.task_scores = self.tasks.run(self.model, self.step, self.precision.autocast, folder)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in self.task_scores.items())
+        self.progress.message(f"step {self.step} tasks: {shown}")
+        if self.metrics:
+            self.metrics.log("tasks", self.step, **self.task_scores)
+            self.metrics.plot()
+
     # the loop ------------------------------------------------------------------------------
     def train(self, resume_from: str | None = None, on_start: Callable[[], None] | None = None) -> dict:
         """Train to ``cfg.max_steps``. ``resume_from``: None (continue from this trainer's state,
@@ -379,6 +395,8 @@ class Trainer(PersistMixin):
             last = self.step == cfg.max_steps
             if self.step % cfg.eval_every == 0 or last:
                 self._eval_and_keep_best()
+            if self.tasks is not None and (self.step % (cfg.eval_tasks_every or cfg.eval_every) == 0 or last):
+                self._score_tasks()
             if cfg.save_step_ckpts and (self.step % cfg.save_every == 0 or last):
                 self.save_checkpoint("step")
             if push_every and self.step % push_every == 0:
@@ -419,4 +437,5 @@ class Trainer(PersistMixin):
         return tok_s * self._mfu_flops / (self._peak_flops * self.dist.world_size)
 
     def _summary(self, paused: bool) -> dict:
-        return {"step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss, "paused": paused}
+        return {"step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss, "paused": paused,
+                "tasks": self.task_scores}
