@@ -19,7 +19,8 @@ def cmd_tokenizer(args) -> int:
     from ..tokenizer import RustBPETokenizer
 
     paths = [p for f in args.files for p in corpus_files(f, args.max_mb)]
-    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size)
+    size = sum(os.path.getsize(p) for p in paths)  # caps a --vocab-size the corpus cannot fill
+    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size, corpus_bytes=size)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(args.out)
     print(f"tokenizer: vocab {tok.vocab_size} from {len(paths)} file(s) -> {args.out}")
