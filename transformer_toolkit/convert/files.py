@@ -7,8 +7,9 @@ existing folder replaces each model file with ``os.replace`` and removes the mod
 old contents that the new one does not have (a stale ``chat_template.jinja`` or shard index would
 otherwise be loaded with the new weights). Nothing else of the folder's is ever deleted or
 overwritten: new subfolders merge into existing ones file by file, and when the new contents
-would replace a file of the user's that is not a model file (a ``data/tokens.bin`` that a Hub
-repo also has), or a folder with a file, nothing is moved and ``OutputConflict`` names them.
+would overwrite a file of the user's that is not a model file (a ``data/notes.txt`` that a Hub
+repo also has) with other contents, or put a file where a folder is, nothing is moved and
+``OutputConflict`` names them. A Hub pull counts no file as a model file: it only adds.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from contextlib import contextmanager
 # Files of a transformers (or native) model folder. Replaced as a set: see the module docstring.
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                "model-*-of-*.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
+               "chat_template.jinja", "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt",
+               "tokenizer.model", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
 class OutputConflict(FileExistsError, ValueError):

@@ -97,12 +97,21 @@ def check_layers(cfg, layers: set[int], source: str, what: str = "config") -> No
 def check_finite(model, source: str) -> None:
     """ValueError naming the weights that hold NaN or infinite values: such a model (a run
     that diverged, a damaged file) turns every logit into NaN, which greedy decoding reads as
-    token 0 and sampling refuses deep inside torch. One pass over the weights (~0.1 s per GB)."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    token 0 and sampling refuses deep inside torch. One read of the weights."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not _finite(t)]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ValueError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more}); the model is "
                          "damaged (a diverged run, or a corrupt file) and would only produce garbage")
+
+
+def _finite(t: torch.Tensor) -> bool:
+    # the extremes are NaN when any value is, +-inf when any value is; ~10x faster than
+    # isfinite(t).all(), which writes a mask as large as the tensor first
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def expected_shapes(cfg) -> dict[str, torch.Size]:

@@ -90,7 +90,8 @@ def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu
     else:
         model = _pretrained(path, kind, overrides)
         loaded = Loaded(model, load_tokenizer(path) if tokenizer else None, kind, Path(path))
-    check_finite(loaded.model, os.fspath(loaded.checkpoint or path))
+    if isinstance(loaded.model, torch.nn.Module):
+        check_finite(loaded.model, os.fspath(loaded.checkpoint or path))
     check_vocab(loaded)
     if dtype is not None:
         loaded.model = loaded.model.to(dtype)
