@@ -129,8 +129,7 @@ def read_line(stdin):
         return None
     try:
         line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        if isinstance(raw, str):
-            raw.encode("utf-8")  # a text stream opened with surrogateescape hands bad bytes on as surrogates
+        line.encode("utf-8")  # a text stream with errors="surrogateescape" hands bad bytes on as surrogates
     except UnicodeError as e:
         print(f"chat: skipped a line that is not UTF-8 text ({e.reason} at position {e.start}); "
               "type or pipe UTF-8 text", file=sys.stderr, flush=True)
