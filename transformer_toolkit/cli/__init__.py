@@ -43,6 +43,33 @@ def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
                         "(seconds to tens of seconds), worth it for long replies")
 
 
+class _Sources(argparse.Action):
+    """--run and --model append ("run"|"model", PATH) to one list, in command-line order."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.sources = [*(getattr(namespace, "sources", None) or []), (self.dest, value)]
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(sources=[])
+    p.add_argument("--run", action=_Sources, help="run folder or .pt checkpoint; repeat to compare runs side by side")
+    p.add_argument("--model", action=_Sources, help="pretrained model (transformers folder or .gguf); repeatable")
+    p.add_argument("--data", nargs="+", default=[], help="text files, or token files (.bin/.npy): bits per byte and "
+                                                          "perplexity, each file its own domain")
+    p.add_argument("--tasks", nargs="+", default=[], help="task names (comma or space separated): built-in "
+                                                           "synthetic, bpb (the run's held-out split), or any "
+                                                           "lm-eval task (needs .[eval])")
+    p.add_argument("--include-path", action="append", help="folder of lm-eval task YAMLs (your tasks over local files)")
+    p.add_argument("--limit", type=int, help="at most this many examples per lm-eval task")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples for lm-eval tasks (default: each task's)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward for lm-eval tasks")
+    p.add_argument("--apply-chat-template", action="store_true", help="render lm-eval prompts with the chat template")
+    p.add_argument("--log-samples", action="store_true", help="keep every lm-eval sample in the results JSON")
+    p.add_argument("--out", help="folder for the results files (default: each run's eval/ folder)")
+    p.add_argument("--seq-len", type=int, help="window length for --data (default: the model's max_seq)")
+    p.add_argument("--max-tokens", type=int, default=200_000, help="tokens read from each --data file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -78,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "instead of from scratch")
     p.add_argument("--model", help="same as --init for a pretrained model (transformers folder, .gguf or Hub id)")
 
+    p = sub.add_parser("dpo", help="preference-tune a model with DPO (no arguments: runs/sft with LoRA on built-in "
+                                   "pairs)")
+    _run_args(p, "dpo")
+    p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, runs/sft)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
@@ -89,18 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--template", help="chat template (default: the run's or the model's own, else chatml)")
 
-    p = sub.add_parser("eval", help="perplexity of a run's or a pretrained model on a text file or token file")
-    _source_args(p)
-    p.add_argument("--data", required=True, help="text file, or token file (.bin/.npy)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")
-    p.add_argument("--max-tokens", type=int, default=200_000)
+    p = sub.add_parser("eval", help="bits per byte and perplexity on files, and task scores (built-in or lm-eval), "
+                                    "of one model or several side by side")
+    _eval_args(p)
 
-    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp")
+    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp, "
+                                      "or a LoRA run's adapters (peft, lora-gguf)")
     _source_args(p)
-    p.add_argument("--format", required=True, choices=("hf", "gguf"))
-    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--format", required=True, choices=("hf", "gguf", "peft", "lora-gguf"))
+    p.add_argument("--out", required=True, help="output folder (hf, peft) or .gguf file")
     p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
-                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0")
+                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0; lora-gguf f32 "
+                        "(default), f16")
     p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
 
     p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
@@ -134,16 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import interop, serve, train, use
+        from . import dpo, evaluate, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
-        if overrides and args.command not in ("train", "sft"):
+        if overrides and args.command not in ("train", "sft", "dpo"):
             raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
+                    "dpo": lambda: dpo.cmd_dpo(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
-                    "eval": lambda: use.cmd_eval(args), "export": lambda: interop.cmd_export(args),
+                    "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
                     "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),
                     "serve": lambda: serve.cmd_serve(args)}
         return handlers[args.command]()

@@ -1,8 +1,7 @@
-"""``ttk sft``, ``ttk generate``, ``ttk chat`` and ``ttk eval``: fine-tune and use a run."""
+"""``ttk sft``, ``ttk generate`` and ``ttk chat``: fine-tune and use a run."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -15,11 +14,24 @@ from .source import chat_template, load_source
 from .train import resume_target, run_folder, train_config
 
 
+def add_lora(model, run: dict):
+    """Adapters per the run's ``lora:`` section (none without one) on the run's init, recorded as
+    their base (``apply_lora``: a local path made absolute, a Hub repo id as it is)."""
+    if run["lora"] is None:
+        return model
+    if not run["init"]:
+        raise ValueError("lora: adapters need a base model to adapt; give --init RUN or --model PATH "
+                         "(or --lora.r 0 to train every weight)")
+    from ..lora import apply_lora
+
+    return apply_lora(model, run["lora"], base=run["init"])
+
+
 def cmd_sft(args, overrides: dict) -> int:
-    """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
+    """Fine-tune on conversations (built-in synthetic tasks or a JSON file); with the synthetic
+    tasks, the exact match on held-out prompts is scored at every eval and reported at the end."""
     from ..model import Transformer
-    from ..sft import ChatSession, SFTTrainer, from_sft_json, from_sft_strings
-    from ..sft.synthetic import exact_match
+    from ..sft import SFTTrainer, from_sft_json, from_sft_strings
     from ..tokenizer import RustBPETokenizer, load_tokenizer
 
     raw = C.merge(C.read_yaml(args.config or "sft"), overrides)
@@ -62,7 +74,10 @@ def cmd_sft(args, overrides: dict) -> int:
         from_sft_json(corpus, tok, data_cfg)
     if model is None:
         model = Transformer(C.model_config(run, tok.vocab_size))
+    add_lora(model, run)
     train_cfg = train_config(run, out)
+    if held_out:
+        train_cfg = _scored_on(train_cfg, held_out, out, data_cfg.template)
     runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
     t0 = time.time()
     summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
@@ -70,23 +85,34 @@ def cmd_sft(args, overrides: dict) -> int:
     print(f"sft: step {summary['step']}, best val loss {best if best is None else round(best, 4)}, "
           f"{time.time() - t0:.0f}s -> {out}")
     if held_out:
-        session = ChatSession(model, tok, template=data_cfg.template, max_new=24, temperature=0)
+        scores = summary.get("tasks") or {}
+        if "synthetic/exact_match" not in scores:  # nothing was trained, or eval_tasks left synthetic out
+            from ..evaluation import evaluate_tasks
+            from ..evaluation import scores as flat
 
-        def answer(prompt: str) -> str:
-            session.reset()
-            return session.ask(prompt)
-
-        prompts = [s["messages"][-2]["content"] for s in held_out]
-        asked_first = dict(zip(prompts, prompts[1:] + prompts[:1], strict=True))  # another held-out question
-
-        def follow_up(prompt: str) -> str:  # the question comes second, after another exchange
-            session.reset()
-            session.ask(asked_first[prompt])
-            return session.ask(prompt)
-
-        print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts; "
-              f"{exact_match(follow_up, held_out):.0%} as the second question of a chat")
+            scores = flat(evaluate_tasks(model, tok, [_held_out_task(out, data_cfg.template)]))
+        print(f"exact match: {scores['synthetic/exact_match']:.0%} on {len(held_out)} held-out prompts; "
+              f"{scores['synthetic/exact_match_follow_up']:.0%} as the second question of a chat")
     return 0
+
+
+def _held_out_task(out: Path, template) -> dict:
+    return {"name": "synthetic", "data": str(out / "data" / "heldout.jsonl"), "template": template.to_dict()}
+
+
+def _scored_on(train_cfg, held_out: list[dict], out: Path, template):
+    """``train_cfg`` with its ``synthetic`` eval task scoring the held-out prompts (saved as
+    out/data/heldout.jsonl, none of them seen in training) in the run's chat template, so the
+    score is reported at every eval (the sft recipe lists the task)."""
+    import json
+
+    from ..atomic import atomic_write_text
+    from ..evaluation import parse_spec
+
+    atomic_write_text(out / "data" / "heldout.jsonl", "".join(json.dumps(s) + "\n" for s in held_out))
+    tasks = [_held_out_task(out, template) | parse_spec(t)[1] if parse_spec(t)[0] == "synthetic" else t
+             for t in train_cfg.eval_tasks]
+    return C.build(type(train_cfg), "train", {**train_cfg.to_dict(), "eval_tasks": tasks})
 
 
 def cmd_generate(args) -> int:
@@ -176,37 +202,4 @@ def cmd_chat(args) -> int:
             print(session.ask(line).replace("\n", " "), flush=True)
             continue
         print_reply(session, line)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    """Perplexity of a run's model on a text file or a token file (.bin/.npy)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..data.tokens import open_tokens
-
-    loaded = load_source(args)
-    model, tok = loaded.model, loaded.tokenizer
-    if not os.path.isfile(args.data):
-        raise FileNotFoundError(f"--data {args.data!r} does not exist")
-    if Path(args.data).suffix in (".bin", ".npy"):
-        ids = torch.as_tensor(open_tokens(args.data)[: args.max_tokens].astype("int64"))
-    else:
-        text = Path(args.data).read_text(encoding="utf-8", errors="replace")
-        ids = torch.tensor(tok.encode(text)[: args.max_tokens], dtype=torch.long)
-    T = min(args.seq_len or model.cfg.max_seq, model.cfg.max_seq)
-    if len(ids) < 2:
-        raise ValueError(f"{args.data} holds fewer than 2 tokens; nothing to evaluate")
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for a in range(0, len(ids) - 1, T):
-            x = ids[a: a + T + 1]
-            if len(x) < 2:
-                break
-            logits, _ = model(x[:-1].unsqueeze(0))
-            total += F.cross_entropy(logits[0].float(), x[1:], reduction="sum").item()
-            count += len(x) - 1
-    loss = total / count
-    print(f"eval: {count:,} tokens, loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}")
     return 0

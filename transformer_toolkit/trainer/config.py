@@ -12,6 +12,8 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import model_validator
 
 from ..config_base import StrictConfig, check_choice
@@ -61,6 +63,10 @@ class TrainConfig(StrictConfig):
 
     # evaluation
     eval_iters: int | None = 100  # val batches per eval; None = the whole val loader
+    # tasks scored at eval time (transformer_toolkit.evaluation): names or {"name": ..., options} dicts,
+    # built-in ("synthetic", "bpb") or lm-eval tasks; their scores go to metrics.jsonl and loss.png
+    eval_tasks: list[str | dict[str, Any]] = []
+    eval_tasks_every: int | None = None  # steps between task evals; None = every eval (eval_every)
     max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row
 
     # checkpoints
@@ -106,6 +112,11 @@ class TrainConfig(StrictConfig):
             check_choice("precision", self.precision, PRECISIONS)
         check_choice("progress", self.progress, PROGRESS)
         check_choice("parallel", self.parallel, PARALLEL)
+        if self.eval_tasks_every is not None and self.eval_tasks_every < 1:
+            raise ValueError(f"eval_tasks_every must be >= 1 or None (every eval), got {self.eval_tasks_every}")
+        for t in self.eval_tasks:
+            if not (isinstance(t, str) and t.strip()) and not (isinstance(t, dict) and isinstance(t.get("name"), str)):
+                raise ValueError(f"eval_tasks entries are task names or dicts with a 'name', got {t!r}")
         if self.eval_iters is not None and self.eval_iters < 1:
             raise ValueError(f"eval_iters must be >= 1 or None (the whole val loader), got {self.eval_iters}")
         if self.keep_last_n is not None and self.keep_last_n < 1:

@@ -2,7 +2,8 @@
 matplotlib is installed), all in ``log_dir``. Only rank 0 creates one of these.
 
 Each JSONL record is one event: ``{"event": "train", "step", "loss", "lr", "tok_s", ...}`` every
-``log_every`` steps and ``{"event": "eval", "step", "val_loss", "ppl", "best"}`` at every eval.
+``log_every`` steps, ``{"event": "eval", "step", "val_loss", "ppl", "best"}`` at every eval and
+``{"event": "tasks", "step", "TASK/METRIC": score, ...}`` when the run scores eval tasks.
 On resume the file is cut back to the records up to the resumed step, so a crash that happened
 after the checkpoint leaves no duplicated steps and the plot continues the same curve.
 """
@@ -63,7 +64,8 @@ class MetricsLog:
             self._tb.flush()
 
     def plot(self) -> None:
-        """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps."""
+        """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps, and
+        below them, when the run scores eval tasks, each task score against steps."""
         if not self.plot_enabled:
             return
         try:
@@ -75,15 +77,28 @@ class MetricsLog:
             return
         train = [(r["step"], r["loss"]) for r in self.records if r["event"] == "train" and r["loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.records if r["event"] == "eval" and r["val_loss"] is not None]
-        fig = Figure(figsize=(7, 4), dpi=100)
-        ax = fig.subplots()
+        tasks: dict[str, list[tuple[int, float]]] = {}
+        for r in self.records:
+            if r["event"] == "tasks":
+                for k, v in r.items():
+                    if k not in ("event", "step", "time") and isinstance(v, (int, float)):
+                        tasks.setdefault(k, []).append((r["step"], v))
+        fig = Figure(figsize=(7, 6.5 if tasks else 4), dpi=100)
+        axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if tasks else [fig.subplots()]
+        ax = axes[0]
         if train:
             ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
         if val:
             ax.plot(*zip(*val, strict=True), label="val", marker="o", markersize=3)
-        ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
+        if tasks:
+            for name, points in tasks.items():
+                axes[1].plot(*zip(*points, strict=True), label=name, marker="o", markersize=3)
+            axes[1].set_ylabel("task score")
+            axes[1].legend(fontsize="small")
+        for a in axes:
+            a.grid(alpha=0.3)
+        axes[-1].set_xlabel("step")
         ax.legend()
         fig.tight_layout()
         tmp = self.dir / "loss.tmp.png"
