@@ -22,7 +22,9 @@ def cmd_tokenizer(args) -> int:
     paths = [p for f in args.files for p in corpus_files(f, args.max_mb)]
     out = Path(args.out) / runs.TOKENIZER if Path(args.out).is_dir() else Path(args.out)
     check_output(out, paths, "a tokenizer.json", looks_like=is_tokenizer_json, force=args.force)
-    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size)
+    size = sum(os.path.getsize(p) for p in paths)  # caps a --vocab-size the corpus cannot fill
+    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size, corpus_bytes=size)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(out)
     print(f"tokenizer: vocab {tok.vocab_size} from {len(paths)} file(s) -> {out}")
     return 0

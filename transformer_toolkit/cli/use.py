@@ -162,6 +162,26 @@ def print_reply(session, line: str) -> None:
     print()
 
 
+SKIPPED = object()  # a line of input that was not text
+
+
+def read_line(stdin):
+    """The next line of ``stdin`` as text; None at the end; ``SKIPPED`` (with a message on
+    stderr) for a line that is not UTF-8 text, so stray binary bytes cost that line, not the
+    chat. Read as bytes where the stream has them: a text stream would raise at the bad byte."""
+    raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+    if not raw:
+        return None
+    try:
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        line.encode("utf-8")  # a text stream with errors="surrogateescape" hands bad bytes on as surrogates
+    except UnicodeError as e:
+        print(f"chat: skipped a line that is not UTF-8 text ({e.reason} at position {e.start}); "
+              "type or pipe UTF-8 text", file=sys.stderr, flush=True)
+        return SKIPPED
+    return line
+
+
 def cmd_chat(args) -> int:
     """A REPL over ChatSession: /reset, /system TEXT, /exit. Piped stdin: one message per line,
     only the replies are printed."""
@@ -178,9 +198,13 @@ def cmd_chat(args) -> int:
     while True:
         if tty:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        line = read_line(sys.stdin)
+        if line is None:
             break
+        if line is SKIPPED:
+            if not tty:
+                print(flush=True)  # piped: still one output line per input line
+            continue
         line = line.strip()
         if not line:
             continue

@@ -27,6 +27,7 @@ Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(path, 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -79,10 +80,24 @@ def read_ckpt(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -
         raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}; check the path or use resume_from='auto'")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, i.e. running the file's code: never say that
+        raise ValueError(f"{os.fspath(path)} is not a trusted checkpoint: it holds Python objects other than "
+                         f"tensors, numbers and strings ({_unpickling_reason(e)}), and loading them could run "
+                         "code, so it was not loaded. Checkpoints written by transformer-toolkit, or plain "
+                         "tensor state dicts, load") from None
     except (RuntimeError, EOFError) as e:  # a cut-short zip: "failed finding central directory" and kin
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{os.fspath(path)} is not a readable checkpoint (truncated or damaged: {first}); "
                          "use another checkpoint of the run") from None
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's refusal that names what the file asked for (not its advice)."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    named = [s for s in lines if "GLOBAL" in s or "Unsupported" in s or "unsupported" in s]
+    reason = (named or lines[-1:] or ["unsupported content"])[0]
+    return reason if "weights_only" not in reason else "unsupported content"
 
 
 # Fields that change no weight and no computation that matters for loading (dropout is 0.0 at

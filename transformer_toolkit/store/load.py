@@ -22,6 +22,7 @@ import torch
 
 from ..convert import gguf_module, load_native, load_pretrained, template_for_model
 from ..convert.native import is_native
+from ..model.loading import check_finite
 from ..tokenizer import load_tokenizer
 from . import adapted, runs
 from .checkpoint import load_checkpoint_model, read_ckpt
@@ -94,9 +95,25 @@ def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu
     else:
         model = _pretrained(path, kind, overrides)
         loaded = Loaded(model, load_tokenizer(path) if tokenizer else None, kind, Path(path))
+    if isinstance(loaded.model, torch.nn.Module):
+        check_finite(loaded.model, os.fspath(loaded.checkpoint or path))
+    check_vocab(loaded)
     if dtype is not None:
         loaded.model = loaded.model.to(dtype)
     return loaded
+
+
+def check_vocab(loaded: Loaded) -> None:
+    """ValueError when the tokenizer can produce ids the model has no embedding row for (a run's
+    tokenizer.json replaced by another's): the model would index past its table or, on some
+    devices, read garbage. (A model with more rows than the tokenizer has tokens is normal:
+    vocabularies are often padded.)"""
+    tok, cfg = loaded.tokenizer, getattr(loaded.model, "cfg", None)
+    if tok is None or cfg is None or tok.vocab_size <= cfg.vocab_size:
+        return
+    raise ValueError(f"{loaded.path}: the tokenizer has {tok.vocab_size:,} tokens but the model has {cfg.vocab_size:,} "
+                     f"embedding rows, so ids {cfg.vocab_size:,} and up have no embedding: this is not the tokenizer "
+                     "the model was trained with (restore the run's or the model's own tokenizer files)")
 
 
 def load_model(source: str | os.PathLike, **kwargs) -> torch.nn.Module:
