@@ -29,10 +29,10 @@ from torch import Tensor
 from ..inference.groups import sample_groups
 from ..inference.sampling import SamplingParams
 from ..lora import adapters, disabled
+from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
 from ..trainer import distributed as D
 from ..trainer.batches import Batch
-from ..trainer.checkpoint import fingerprint
 from .config import GRPOConfig
 from .loss import grpo_token_loss, reduce_loss, token_logps
 from .rewards import check_columns, resolve, score
@@ -96,6 +96,8 @@ class GRPOTrainer(Trainer):
         if max_prompt + self.grpo.max_new > self.model.cfg.max_seq:
             raise ValueError(f"prompts of up to {max_prompt} tokens + max_new={self.grpo.max_new} exceed the model's "
                              f"max_seq={self.model.cfg.max_seq}; lower max_new or PromptDataConfig(max_prompt_len)")
+        if self.metrics:
+            self.metrics.panel = ("reward",)  # the plot shows the reward under the loss
         self.stream = RolloutStream(self.stream, self._rollout, self.cfg.grad_accum_steps, self.grpo.num_iterations)
 
     # rollouts ------------------------------------------------------------------------------
@@ -184,9 +186,10 @@ class GRPOTrainer(Trainer):
 
     # evaluation: greedy completions of the val prompts --------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Minus the mean reward of one greedy completion per val prompt (all ranks); the mean
-        reward and each function's go to ``eval_stats``."""
+    def evaluate(self, every_prompt: bool = False) -> float | None:
+        """Minus the mean reward of one greedy completion per val prompt (all ranks; the first
+        ``eval_iters`` batches unless ``every_prompt``); the mean reward and each function's go
+        to ``eval_stats``."""
         if self.val_dl is None:
             return None
         if self._val_start is not None:
@@ -194,7 +197,7 @@ class GRPOTrainer(Trainer):
         sums: dict[str, Tensor] = {}
         with torch.random.fork_rng(devices=[]), self.precision.autocast():
             for i, batch in enumerate(self.val_dl):
-                if self.cfg.eval_iters is not None and i >= self.cfg.eval_iters:
+                if not every_prompt and self.cfg.eval_iters is not None and i >= self.cfg.eval_iters:
                     break
                 for k, v in self._eval_batch(batch).items():
                     sums[k] = sums[k] + v if k in sums else v

@@ -25,6 +25,7 @@ class MetricsLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self.plot_enabled = plot
+        self.panel: tuple[str, ...] = ()  # statistics drawn under the loss (e.g. GRPO's reward)
         self.records: list[dict] = []
         self._tb = None
         if tensorboard:
@@ -63,7 +64,8 @@ class MetricsLog:
             self._tb.flush()
 
     def plot(self) -> None:
-        """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps."""
+        """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps, and
+        under it the ``panel`` statistics (train and eval records that have them), if any."""
         if not self.plot_enabled:
             return
         try:
@@ -75,8 +77,11 @@ class MetricsLog:
             return
         train = [(r["step"], r["loss"]) for r in self.records if r["event"] == "train" and r["loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.records if r["event"] == "eval" and r["val_loss"] is not None]
-        fig = Figure(figsize=(7, 4), dpi=100)
-        ax = fig.subplots()
+        shown = [k for k in self.panel if any(r.get(k) is not None for r in self.records)]
+        fig = Figure(figsize=(7, 6 if shown else 4), dpi=100)
+        ax, *below = fig.subplots(2 if shown else 1, 1, sharex=True, squeeze=False)[:, 0]
+        if below:
+            self._plot_panel(below[0], shown)
         if train:
             ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
         if val:
@@ -89,6 +94,16 @@ class MetricsLog:
         tmp = self.dir / "loss.tmp.png"
         fig.savefig(tmp)
         os.replace(tmp, self.dir / "loss.png")
+
+    def _plot_panel(self, ax, names: list[str]) -> None:
+        for name in names:
+            for event, style in (("train", {"linewidth": 1}), ("eval", {"marker": "o", "markersize": 3})):
+                points = [(r["step"], r[name]) for r in self.records if r["event"] == event and r.get(name) is not None]
+                if points:
+                    ax.plot(*zip(*points, strict=True), label=f"{event} {name}", **style)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
 
     def close(self) -> None:
         if self._tb is not None:
