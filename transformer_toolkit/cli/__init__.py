@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "instead of from scratch")
     p.add_argument("--model", help="same as --init for a pretrained model (transformers folder, .gguf or Hub id)")
 
+    p = sub.add_parser("dpo", help="preference-tune a model with DPO (no arguments: runs/sft with LoRA on built-in "
+                                   "pairs)")
+    _run_args(p, "dpo")
+    p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, runs/sft)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
@@ -95,12 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")
     p.add_argument("--max-tokens", type=int, default=200_000)
 
-    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp")
+    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp, "
+                                      "or a LoRA run's adapters (peft, lora-gguf)")
     _source_args(p)
-    p.add_argument("--format", required=True, choices=("hf", "gguf"))
-    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--format", required=True, choices=("hf", "gguf", "peft", "lora-gguf"))
+    p.add_argument("--out", required=True, help="output folder (hf, peft) or .gguf file")
     p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
-                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0")
+                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0; lora-gguf f32 "
+                        "(default), f16")
     p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
 
     p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
@@ -134,14 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import interop, serve, train, use
+        from . import dpo, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
-        if overrides and args.command not in ("train", "sft"):
+        if overrides and args.command not in ("train", "sft", "dpo"):
             raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
+                    "dpo": lambda: dpo.cmd_dpo(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: use.cmd_eval(args), "export": lambda: interop.cmd_export(args),
                     "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),

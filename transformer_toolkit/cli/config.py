@@ -1,4 +1,5 @@
-"""Run configs: a YAML file (``name``, ``model:``, ``train:``, ``data:``) plus dotted overrides.
+"""Run configs: a YAML file (``name``, ``init``, ``model:``, ``train:``, ``data:``, and for
+fine-tuning ``lora:`` and ``dpo:``) plus dotted overrides.
 
 ``--model.dim 256`` sets ``model: {dim: 256}``; values go through ``yaml.safe_load`` so ``30``
 is an int, ``true`` a bool and ``3e-4`` a float. Every section is validated by its config
@@ -17,6 +18,8 @@ from pydantic import ValidationError
 
 from ..config_base import suggest
 from ..data import DataConfig
+from ..dpo.config import DPOConfig, PreferenceDataConfig
+from ..lora.config import LoRAConfig
 from ..model import TransformerConfig
 from ..sft import SFTDataConfig
 from ..trainer import TrainConfig
@@ -24,7 +27,7 @@ from ..trainer import TrainConfig
 # The recipes ship inside the package (package data), so `--config llama-small` works from an
 # installed wheel as well as from a checkout; the repository's recipes/ is a link to this folder.
 RECIPES = resources.files("transformer_toolkit") / "recipes"
-SECTIONS = ("model", "train", "data")
+SECTIONS = ("model", "train", "data", "lora", "dpo")
 TOP_LEVEL = ("name", "init") + SECTIONS
 
 # data: keys that are not DataConfig / SFTDataConfig fields: where the text comes from and how
@@ -32,6 +35,10 @@ TOP_LEVEL = ("name", "init") + SECTIONS
 PRETRAIN_EXTRAS = {"corpus": "builtin:python-stdlib", "tokenizer": None, "vocab_size": 4096, "max_mb": 12.0}
 SFT_EXTRAS = {"corpus": "builtin:synthetic", "tokenizer": None, "vocab_size": 330, "n_samples": 4000,
               "n_eval": 50, "tasks": ["reverse", "add"], "multi_turn": 0.0}
+DPO_EXTRAS = {"corpus": "builtin:synthetic", "n_samples": 1000, "n_eval": 50, "tasks": ["reverse", "add"]}
+# kind -> (data extras, data config class, the sections it reads beyond model/train/data)
+KINDS = {"train": (PRETRAIN_EXTRAS, DataConfig, ()), "sft": (SFT_EXTRAS, SFTDataConfig, ("lora",)),
+         "dpo": (DPO_EXTRAS, PreferenceDataConfig, ("lora", "dpo"))}
 
 
 def _yaml_value(text: str) -> Any:
@@ -122,15 +129,21 @@ def build(cls, section: str, values: dict):
 
 
 def resolve(raw: dict, kind: str = "train") -> dict:
-    """Validate a raw config; returns ``{"name", "init", "model", "train", "data", "extras"}``
-    with config objects for model (vocab_size left to the tokenizer when absent), train and data."""
+    """Validate a raw config; returns ``{"name", "init", "model", "train", "data", "extras", "lora",
+    "dpo"}`` with config objects for model (vocab_size left to the tokenizer when absent), train,
+    data, and lora / dpo (None when absent; ``lora: {r: 0}`` turns LoRA off)."""
     for k in raw:
         if k not in TOP_LEVEL:
             raise ValueError(f"unknown top-level key {k!r}{suggest(k, TOP_LEVEL)}; keys: {', '.join(TOP_LEVEL)}")
     for s in SECTIONS:
         if not isinstance(raw.get(s) or {}, dict):
             raise ValueError(f"section {s!r} must be a mapping of field: value")
-    extras_default, data_cls = (SFT_EXTRAS, SFTDataConfig) if kind == "sft" else (PRETRAIN_EXTRAS, DataConfig)
+    extras_default, data_cls, extra_sections = KINDS[kind]
+    for s in ("lora", "dpo"):
+        if raw.get(s) and s not in extra_sections:
+            users = [f"ttk {k}" for k, v in KINDS.items() if s in v[2]]
+            raise ValueError(f"section {s!r} is for {' and '.join(users)}, not ttk {kind}")
+    lora = dict(raw.get("lora") or {})
     data = dict(raw.get("data") or {})
     extras = {k: data.pop(k, v) for k, v in extras_default.items()}
     valid = list(extras_default) + [f for f in data_cls.model_fields if f != "tokenizer"]
@@ -142,7 +155,7 @@ def resolve(raw: dict, kind: str = "train") -> dict:
     model = dict(raw.get("model") or {})
     model.setdefault("max_seq", data["seq_len"])
     return {
-        "name": str(raw.get("name") or ("sft" if kind == "sft" else "quickstart")),
+        "name": str(raw.get("name") or ("quickstart" if kind == "train" else kind)),
         "init": raw.get("init"),
         # built now (with a stand-in vocab_size) so a typo fails before any data is read
         "model": build(TransformerConfig, "model", {"vocab_size": 512, **model}),
@@ -150,6 +163,8 @@ def resolve(raw: dict, kind: str = "train") -> dict:
         "train": build(TrainConfig, "train", raw.get("train") or {}),
         "data": build(data_cls, "data", data),
         "extras": extras,
+        "lora": build(LoRAConfig, "lora", lora) if lora and lora.get("r") != 0 else None,
+        "dpo": build(DPOConfig, "dpo", raw.get("dpo") or {}) if kind == "dpo" else None,
     }
 
 
@@ -160,6 +175,10 @@ def model_config(run: dict, vocab_size: int) -> TransformerConfig:
 
 def resolved_dict(run: dict, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict:
     """The config.yaml of a run folder: every field filled in."""
-    return {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-            "data": {**run["extras"], **run["data"].to_dict()}}
+    out = {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+           "data": {**run["extras"], **run["data"].to_dict()}}
+    for s in ("lora", "dpo"):
+        if run.get(s) is not None:
+            out[s] = run[s].to_dict()
+    return out
 

@@ -15,6 +15,19 @@ from .source import chat_template, load_source
 from .train import resume_target, run_folder, train_config
 
 
+def add_lora(model, run: dict):
+    """Adapters per the run's ``lora:`` section (none without one) on the run's init, recorded as
+    their base (``apply_lora``: a local path made absolute, a Hub repo id as it is)."""
+    if run["lora"] is None:
+        return model
+    if not run["init"]:
+        raise ValueError("lora: adapters need a base model to adapt; give --init RUN or --model PATH "
+                         "(or --lora.r 0 to train every weight)")
+    from ..lora import apply_lora
+
+    return apply_lora(model, run["lora"], base=run["init"])
+
+
 def cmd_sft(args, overrides: dict) -> int:
     """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
     from ..model import Transformer
@@ -62,6 +75,7 @@ def cmd_sft(args, overrides: dict) -> int:
         from_sft_json(corpus, tok, data_cfg)
     if model is None:
         model = Transformer(C.model_config(run, tok.vocab_size))
+    add_lora(model, run)
     train_cfg = train_config(run, out)
     runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
     t0 = time.time()

@@ -53,6 +53,11 @@ def stop_ids(tokenizer, template, eos: int | None) -> list[int]:
 
 
 def check_vocab(model: Transformer, tokenizer) -> None:
+    """Before any export: the tokenizer fits the model, and no LoRA adapter is left in it (the
+    exporters write the base weights' keys only, so an adapter would be dropped silently)."""
+    if any(k.endswith((".lora_A", ".lora_B")) for k in model.state_dict()):
+        raise ValueError("the model has LoRA adapters; export transformer_toolkit.lora.merge_and_unload(model) "
+                         "(the adapted model), or the adapter alone with lora.save_peft / lora.save_gguf_adapter")
     if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{model.cfg.vocab_size}; export the tokenizer the model was trained with")

@@ -74,14 +74,16 @@ class Rendered:
         return len(self.ids)
 
 
-def render(messages: list[dict], tokenizer, template, add_eos: bool = True) -> Rendered:
+def render(messages: list[dict], tokenizer, template, add_eos: bool = True, train_from: int = 0) -> Rendered:
     """Token ids and the loss mask of one conversation: the tokenizer's BOS first when the
-    template starts with one (and the tokenizer has one), EOS after a final assistant turn."""
+    template starts with one (and the tokenizer has one), EOS after a final assistant turn.
+    ``train_from``: no token starting before this character of the text is trained (DPO trains
+    the response, not earlier assistant turns of its prompt)."""
     text, spans = template.format_messages(messages, bos=False)
     ids, offsets = tokenizer.encode_with_offsets(text)
     trained = np.zeros(len(text) + 1, dtype=bool)
     for a, b in spans:
-        trained[a:b] = True
+        trained[max(a, train_from):b] = True
     starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
     mask = trained[starts] if len(ids) else np.zeros(0, dtype=bool)
     ids = np.asarray(ids, dtype=np.int64)

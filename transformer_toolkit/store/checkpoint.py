@@ -14,6 +14,10 @@ A checkpoint is one ``torch.save``'d dict (``save_checkpoint`` writes it, the Tr
     rng                 one entry per rank: torch / cuda / numpy / python RNG states (trainer/rng.py)
     data                one entry per rank: the train loader position (trainer/batches.py)
     world_size, torch_version
+    frozen              None, or for a model with frozen parameters (LoRA) a fingerprint of
+                        them; ``model`` then holds the trainable parameters only
+    adapter             None, or the model's ``adapter_info`` (LoRA config, base weights' source)
+    extra               a Trainer subclass's own state (e.g. DPO's reference log-probs)
 
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(path, weights_only=True)``
 (the default since PyTorch 2.6) reads it and nothing is ever unpickled.
@@ -84,6 +88,18 @@ def config_diff(ckpt: dict, model: nn.Module) -> dict[str, tuple]:
     return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
 
 
+def fingerprint(tensors) -> torch.Tensor:
+    """``(n, 2)`` float64: each tensor's sum and sum of squares. Equal weights give equal values;
+    any other weights almost surely do not (a check, not a hash: it costs one pass over them)."""
+    rows = []
+    with torch.no_grad():
+        for t in tensors:
+            t = t.full_tensor() if hasattr(t, "full_tensor") else t
+            d = t.detach().double()
+            rows.append(torch.stack([d.sum(), (d * d).sum()]).cpu())
+    return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+
+
 def _as_recorded(saved: dict, cfg) -> dict:
     """The saved config as ``cfg``'s class records it today: an older checkpoint may hold a value
     for a field its variant ignores (``latent_dim`` of an mha model), which changes no weight.
@@ -96,12 +112,13 @@ def _as_recorded(saved: dict, cfg) -> dict:
         return saved
 
 
-def load_model_state(ckpt: dict, model: nn.Module, path) -> None:
-    """``model.load_state_dict(ckpt["model"])``; a mismatch names the differing config fields."""
+def load_model_state(ckpt: dict, model: nn.Module, path, strict: bool = True) -> None:
+    """``model.load_state_dict(ckpt["model"])``; a mismatch names the differing config fields.
+    ``strict=False``: a partial checkpoint (trainable parameters only; checked by the caller)."""
     diff = config_diff(ckpt, model)
     fields = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], strict=strict)
     except RuntimeError as e:
         hint = f" The configs differ ({fields}); build the model with TransformerConfig(**ckpt['model_config'])." \
             if diff else ""
@@ -136,6 +153,9 @@ def load_checkpoint_model(path: str | os.PathLike, map_location="cpu"):
     # (twice the model again for AdamW): 1.07 -> 0.18 s and half the peak memory for 517 MB
     on_cpu = isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "cpu"
     ckpt = read_ckpt(path, map_location=map_location, mmap=on_cpu)
+    if ckpt.get("frozen") is not None:
+        raise ValueError(f"{path} holds trainable parameters only (LoRA adapters); load it with "
+                         "transformer_toolkit.store.load(path), which puts them on their base model")
     if not ckpt.get("model_config"):
         raise ValueError(f"{path} has no 'model_config'; build the model yourself and use load_ckpt")
     model = empty_transformer(TransformerConfig.from_dict(ckpt["model_config"]))
