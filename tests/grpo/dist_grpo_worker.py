@@ -30,7 +30,8 @@ def _trainer(out: Path, ckpt: str, parallel: str, mode: str, world: int):
         torch.manual_seed(1)
         apply_lora(model, r=4, alpha=8)
     return make_trainer(out / ckpt, model=model, batch_size=4 // world, grpo={"beta": 0.1, "num_iterations": 2},
-                        max_steps=4, grad_accum_steps=2, save_every=2, eval_every=2, parallel=parallel, ckpt_dir=str(out / ckpt))
+                        max_steps=4, grad_accum_steps=2, save_every=2, eval_every=2, parallel=parallel,
+                        ckpt_dir=str(out / ckpt))
 
 
 def run(out: Path, parallel: str) -> None:
