@@ -145,7 +145,8 @@ def resolve(raw: dict, kind: str = "train") -> dict:
     for s in ("lora", "dpo", "grpo"):
         if raw.get(s) and s not in extra_sections:
             users = [f"ttk {k}" for k, v in KINDS.items() if s in v[2]]
-            raise ValueError(f"section {s!r} is for {' and '.join(users)}, not ttk {kind}")
+            who = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 2 else users)
+            raise ValueError(f"section {s!r} is for {who}, not ttk {kind}")
     lora = dict(raw.get("lora") or {})
     data = dict(raw.get("data") or {})
     extras = {k: data.pop(k, v) for k, v in extras_default.items()}
