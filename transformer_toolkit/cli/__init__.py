@@ -8,6 +8,7 @@ exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from pydantic import ValidationError
@@ -43,6 +44,33 @@ def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
                         "(seconds to tens of seconds), worth it for long replies")
 
 
+class _Sources(argparse.Action):
+    """--run and --model append ("run"|"model", PATH) to one list, in command-line order."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.sources = [*(getattr(namespace, "sources", None) or []), (self.dest, value)]
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(sources=[])
+    p.add_argument("--run", action=_Sources, help="run folder or .pt checkpoint; repeat to compare runs side by side")
+    p.add_argument("--model", action=_Sources, help="pretrained model (transformers folder or .gguf); repeatable")
+    p.add_argument("--data", nargs="+", default=[], help="text files, or token files (.bin/.npy): bits per byte and "
+                                                          "perplexity, each file its own domain")
+    p.add_argument("--tasks", nargs="+", default=[], help="task names (comma or space separated): built-in "
+                                                           "synthetic, bpb (the run's held-out split), or any "
+                                                           "lm-eval task (needs .[eval])")
+    p.add_argument("--include-path", action="append", help="folder of lm-eval task YAMLs (your tasks over local files)")
+    p.add_argument("--limit", type=int, help="at most this many examples per lm-eval task")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples for lm-eval tasks (default: each task's)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward for lm-eval tasks")
+    p.add_argument("--apply-chat-template", action="store_true", help="render lm-eval prompts with the chat template")
+    p.add_argument("--log-samples", action="store_true", help="keep every lm-eval sample in the results JSON")
+    p.add_argument("--out", help="folder for the results files (default: each run's eval/ folder)")
+    p.add_argument("--seq-len", type=int, help="window length for --data (default: the model's max_seq)")
+    p.add_argument("--max-tokens", type=int, default=200_000, help="tokens read from each --data file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -59,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--out", default="tokenizer.json")
     p.add_argument("--max-mb", type=float, default=12.0, help="size cap of builtin:python-stdlib")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a tokenizer.json")
 
     p = sub.add_parser("prepare", help="tokenise text files into a token file (.bin) and train/val .npy")
     p.add_argument("files", nargs="+", help="text files, or builtin:python-stdlib")
@@ -66,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tokens.bin")
     p.add_argument("--split", type=float, help="also write OUT.train.npy / OUT.val.npy with this train fraction")
     p.add_argument("--max-mb", type=float, default=12.0)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a token file")
 
     p = sub.add_parser("train", help="pretrain a model (no arguments: builtin:python-stdlib, ~4 min on CPU)")
     _run_args(p, "quickstart")
@@ -102,11 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--template", help="chat template (default: the run's or the model's own, else chatml)")
 
-    p = sub.add_parser("eval", help="perplexity of a run's or a pretrained model on a text file or token file")
-    _source_args(p)
-    p.add_argument("--data", required=True, help="text file, or token file (.bin/.npy)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the model's max_seq)")
-    p.add_argument("--max-tokens", type=int, default=200_000)
+    p = sub.add_parser("eval", help="bits per byte and perplexity on files, and task scores (built-in or lm-eval), "
+                                    "of one model or several side by side")
+    _eval_args(p)
 
     p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp, "
                                       "or a LoRA run's adapters (peft, lora-gguf)")
@@ -117,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0; lora-gguf f32 "
                         "(default), f16")
     p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not a GGUF file (gguf) or write into a folder that holds "
+                        "files but no model (hf)")
 
     p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
     _source_args(p)
@@ -141,6 +172,13 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _os_error(e: OSError) -> str:
+    fix = {errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
+           errno.EROFS: "choose a folder you can write to", errno.ENOSPC: "free some disk space"}.get(e.errno)
+    text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else _first_line(e)
+    return f"{text}; {fix}" if fix else text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ttk`` and ``python -m transformer_toolkit``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -149,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import dpo, grpo, interop, serve, train, use
+        from . import dpo, evaluate, grpo, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
@@ -159,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
                     "dpo": lambda: dpo.cmd_dpo(args, overrides), "grpo": lambda: grpo.cmd_grpo(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
-                    "eval": lambda: use.cmd_eval(args), "export": lambda: interop.cmd_export(args),
+                    "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
                     "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),
                     "serve": lambda: serve.cmd_serve(args)}
         return handlers[args.command]()
@@ -167,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ttk {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: one line too (writes are atomic: nothing was lost)
+        if args.debug:
+            raise
+        print(f"ttk {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

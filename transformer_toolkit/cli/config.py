@@ -23,6 +23,7 @@ from ..grpo.config import GRPOConfig, PromptDataConfig
 from ..lora.config import LoRAConfig
 from ..model import TransformerConfig
 from ..sft import SFTDataConfig
+from ..store import runs
 from ..trainer import TrainConfig
 
 # The recipes ship inside the package (package data), so `--config llama-small` works from an
@@ -96,10 +97,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
             raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist{suggest(name, names)}; "
                                     f"shipped recipes: {', '.join(names)}")
         p = RECIPES / f"{name}.yaml"
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a run config must be a mapping with sections {', '.join(SECTIONS)}")
-    return data
+    return runs.check_sections(runs.load_yaml(p.read_text(encoding="utf-8"), p), p, SECTIONS)
 
 
 def merge(raw: dict, overrides: dict[str, Any]) -> dict:
@@ -110,7 +108,11 @@ def merge(raw: dict, overrides: dict[str, Any]) -> dict:
         if head not in SECTIONS:
             raise ValueError(f"unknown config section in --{key}{suggest(head, SECTIONS)}; "
                              f"sections: {', '.join(SECTIONS)}")
-        out.setdefault(head, {})[rest] = value
+        section = out[head] = {} if out.get(head) is None else out[head]
+        if not isinstance(section, dict):
+            raise ValueError(f"--{key}: section {head!r} of the config is {section!r}, not a mapping of "
+                             f"field: value; fix the config file")
+        section[rest] = value
     return out
 
 

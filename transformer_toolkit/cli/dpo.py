@@ -14,7 +14,7 @@ import time
 
 from ..store import load, runs
 from . import config as C
-from .train import resume_target, run_folder, train_config
+from . import runfolder as R
 from .use import add_lora
 
 DEFAULT_INIT = "runs/sft"  # the dpo recipe's init: what `ttk sft` writes
@@ -49,43 +49,41 @@ def _exact_match(model, tok, template, held: list[dict]) -> float:
     return hits / max(1, len(held))
 
 
-def cmd_dpo(args, overrides: dict) -> int:
-    """Preference-tune the init model; report val preference accuracy (and exact match for built-in pairs)."""
-    from ..dpo import DPOTrainer
-
-    raw = C.merge(C.read_yaml(args.config or "dpo"), overrides)
-    if args.name:
-        raw["name"] = args.name
-    if args.init and args.model:
-        raise ValueError("give --init or --model, not both (they mean the same)")
-    if args.init or args.model:
-        raw["init"] = args.init or args.model
+def _no_model_section(raw: dict) -> None:
     if raw.get("model"):
         raise ValueError("ttk dpo tunes the init model as it is; a model: section does not apply (drop it)")
-    run = C.resolve(raw, "dpo")
-    if not run["init"]:
-        raise ValueError("ttk dpo starts from a model: give --init RUN (e.g. runs/sft) or --model PATH")
-    if run["init"] == DEFAULT_INIT and not os.path.exists(DEFAULT_INIT):  # else a Hub repo id would be tried
-        raise FileNotFoundError(f"init {DEFAULT_INIT!r} does not exist: run `ttk sft` first, or give --init RUN "
-                                "or --model PATH")
-    out = run_folder(args, run)
-    resume = resume_target(args, runs.checkpoint_dir(out))
-    init = load(run["init"])  # a LoRA run's adapters merged: the base of this run's own
-    model, tok = init.model.train(), init.tokenizer
-    template, _ = init.chat_template()  # the init's own (the run's SFT template); data.template overrides
-    given = raw.get("data") or {}
-    data = {**run["data"].model_dump(exclude={"tokenizer", "template"}), "tokenizer": tok,
-            "template": given.get("template", template),
-            "seq_len": given.get("seq_len", min(model.cfg.max_seq, 512))}
-    run["data"] = data_cfg = C.build(type(run["data"]), "data", data)
-    runs.save_tokenizer(tok, out)
-    train_dl, val_dl, held = _loaders(run, tok, data_cfg)
-    add_lora(model, run)
-    train_cfg = train_config(run, out)
-    runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
-    t0 = time.time()
-    trainer = DPOTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok, dpo=run["dpo"])
-    summary = trainer.train(resume_from=resume)
+
+
+def cmd_dpo(args, overrides: dict) -> int:
+    """Preference-tune the init model; report val preference accuracy (and exact match for built-in pairs)."""
+    import torch
+
+    from ..dpo import DPOTrainer
+
+    with R.open_run(args, overrides, "dpo", "dpo", check=_no_model_section) as (run, raw, out):
+        if not run["init"]:
+            raise ValueError("ttk dpo starts from a model: give --init RUN (e.g. runs/sft) or --model PATH")
+        if run["init"] == DEFAULT_INIT and not os.path.exists(DEFAULT_INIT):  # else a Hub repo id would be tried
+            raise FileNotFoundError(f"init {DEFAULT_INIT!r} does not exist: run `ttk sft` first, or give --init RUN "
+                                    "or --model PATH")
+        resume = R.resume_target(args, runs.checkpoint_dir(out))
+        init = load(run["init"])  # a LoRA run's adapters merged: the base of this run's own
+        model, tok = init.model.train(), init.tokenizer
+        template, _ = init.chat_template()  # the init's own (the run's SFT template); data.template overrides
+        given = raw.get("data") or {}
+        data = {**run["data"].model_dump(exclude={"tokenizer", "template"}), "tokenizer": tok,
+                "template": given.get("template", template),
+                "seq_len": given.get("seq_len", min(model.cfg.max_seq, 512))}
+        run["data"] = data_cfg = C.build(type(run["data"]), "data", data)
+        runs.save_tokenizer(tok, out)
+        train_dl, val_dl, held = _loaders(run, tok, data_cfg)
+        train_cfg = R.train_config(run, out)
+        torch.manual_seed(train_cfg.seed)  # the adapters' initial weights are part of what a seed reproduces
+        add_lora(model, run)
+        t0 = time.time()
+        trainer = DPOTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok, dpo=run["dpo"],
+                             data_config=R.data_settings(run))
+        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model.cfg, train_cfg))
     print(f"dpo: step {summary['step']}, reference {trainer.reference}, {time.time() - t0:.0f}s -> {out}")
     if val_dl is not None:
         trainer.evaluate()

@@ -11,6 +11,7 @@ import copy
 from contextlib import contextmanager
 
 from ..store import runs
+from .outputs import check_output, is_gguf, is_model_folder
 from .source import load_source
 
 HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
@@ -39,6 +40,12 @@ def cmd_export(args) -> int:
     LoRA run's adapters as a PEFT folder or a llama.cpp LoRA GGUF."""
     import torch
 
+    source = [args.run or args.model]
+    if args.format in ("hf", "peft"):
+        check_output(args.out, source, f"a {'model' if args.format == 'hf' else 'PEFT adapter'} folder", folder=True,
+                     looks_like=is_model_folder, force=args.force)
+    else:
+        check_output(args.out, source, "a GGUF file", looks_like=is_gguf, force=args.force)
     if args.format in ("peft", "lora-gguf"):
         return _export_adapter(args)
     loaded = load_source(args)

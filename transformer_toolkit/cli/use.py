@@ -1,8 +1,7 @@
-"""``ttk sft``, ``ttk generate``, ``ttk chat`` and ``ttk eval``: fine-tune and use a run."""
+"""``ttk sft``, ``ttk generate`` and ``ttk chat``: fine-tune and use a run."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -10,9 +9,9 @@ from pathlib import Path
 
 from ..store import load, runs
 from . import config as C
+from . import runfolder as R
 from .builtin import synthetic_split
 from .source import chat_template, load_source
-from .train import resume_target, run_folder, train_config
 
 
 def add_lora(model, run: dict):
@@ -29,78 +28,110 @@ def add_lora(model, run: dict):
 
 
 def cmd_sft(args, overrides: dict) -> int:
-    """Fine-tune on conversations (built-in synthetic tasks or a JSON file), report exact match."""
+    """Fine-tune on conversations (built-in synthetic tasks or a JSON file); with the synthetic
+    tasks, the exact match on held-out prompts is scored at every eval and reported at the end."""
+    import torch
+
     from ..model import Transformer
-    from ..sft import ChatSession, SFTTrainer, from_sft_json, from_sft_strings
-    from ..sft.synthetic import exact_match
-    from ..tokenizer import RustBPETokenizer, load_tokenizer
+    from ..sft import SFTTrainer, from_sft_json, from_sft_strings
 
-    raw = C.merge(C.read_yaml(args.config or "sft"), overrides)
-    if args.name:
-        raw["name"] = args.name
-    if args.init and args.model:
-        raise ValueError("give --init or --model, not both (they mean the same)")
-    if args.init or args.model:
-        raw["init"] = args.init or args.model
-    run = C.resolve(raw, "sft")
-    out = run_folder(args, run)
-    resume = resume_target(args, runs.checkpoint_dir(out))
-    ex, data_cfg = run["extras"], run["data"]
-    corpus = ex["corpus"]
-    if corpus == "builtin:synthetic":
-        train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"],
-                                          multi_turn=float(ex["multi_turn"]))
-    elif isinstance(corpus, str) and os.path.isfile(corpus):
-        train, held_out = None, []
-    else:
-        raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
+    with R.open_run(args, overrides, "sft", "sft") as (run, _, out):
+        resume = R.resume_target(args, runs.checkpoint_dir(out))
+        ex, data_cfg = run["extras"], run["data"]
+        corpus = ex["corpus"]
+        if corpus == "builtin:synthetic":
+            train, held_out = synthetic_split(int(ex["n_samples"]), int(ex["n_eval"]), ex["tasks"],
+                                              multi_turn=float(ex["multi_turn"]))
+        elif isinstance(corpus, str) and os.path.isfile(corpus):
+            train, held_out = None, []
+        else:
+            raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
-    model = None
-    if run["init"]:  # a run, a checkpoint or a pretrained model; the recipe's template is what is trained
-        init = load(run["init"])
-        model, tok = init.model.train(), init.tokenizer
-    elif (out / runs.TOKENIZER).is_file() or ex["tokenizer"]:
-        tok = load_tokenizer(out / runs.TOKENIZER if (out / runs.TOKENIZER).is_file() else ex["tokenizer"])
-    else:
-        template = data_cfg.template
-        texts = [template.format_messages(s["messages"])[0] for s in (train or [])[:1000]]
-        if not texts:
-            from ..sft.loaders import read_json_samples
-            texts = [template.format_messages(s["messages"])[0] for s in read_json_samples(corpus)[:1000]]
-        tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
-    runs.save_tokenizer(tok, out)
+        model = None
+        if run["init"]:  # a run, a checkpoint or a pretrained model (under LoRA, the base of its adapters)
+            init = load(run["init"])
+            model, tok = init.model.train(), init.tokenizer
+            runs.save_tokenizer(tok, out)
+        else:
+            tok = sft_tokenizer(run, out, train, resuming=resume is not None)
 
-    data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
-    train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
-        from_sft_json(corpus, tok, data_cfg)
-    if model is None:
-        model = Transformer(C.model_config(run, tok.vocab_size))
-    add_lora(model, run)
-    train_cfg = train_config(run, out)
-    runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
-    t0 = time.time()
-    summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
+        data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
+        train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
+            from_sft_json(corpus, tok, data_cfg)
+        train_cfg = R.train_config(run, out)
+        if held_out:
+            train_cfg = _scored_on(train_cfg, held_out, out, data_cfg.template)
+        torch.manual_seed(train_cfg.seed)  # the initial weights (and adapters) are part of what a seed reproduces
+        if model is None:
+            model = Transformer(C.model_config(run, tok.vocab_size))
+        add_lora(model, run)
+        t0 = time.time()
+        trainer = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok,
+                             data_config=R.data_settings(run))
+        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model.cfg, train_cfg))
     best = summary.get("best_val_loss")
     print(f"sft: step {summary['step']}, best val loss {best if best is None else round(best, 4)}, "
           f"{time.time() - t0:.0f}s -> {out}")
     if held_out:
-        session = ChatSession(model, tok, template=data_cfg.template, max_new=24, temperature=0)
+        scores = summary.get("tasks") or {}
+        if "synthetic/exact_match" not in scores:  # nothing was trained, or eval_tasks left synthetic out
+            from ..evaluation import evaluate_tasks
+            from ..evaluation import scores as flat
 
-        def answer(prompt: str) -> str:
-            session.reset()
-            return session.ask(prompt)
-
-        prompts = [s["messages"][-2]["content"] for s in held_out]
-        asked_first = dict(zip(prompts, prompts[1:] + prompts[:1], strict=True))  # another held-out question
-
-        def follow_up(prompt: str) -> str:  # the question comes second, after another exchange
-            session.reset()
-            session.ask(asked_first[prompt])
-            return session.ask(prompt)
-
-        print(f"exact match: {exact_match(answer, held_out):.0%} on {len(held_out)} held-out prompts; "
-              f"{exact_match(follow_up, held_out):.0%} as the second question of a chat")
+            scores = flat(evaluate_tasks(model, tok, [_held_out_task(out, data_cfg.template)]))
+        print(f"exact match: {scores['synthetic/exact_match']:.0%} on {len(held_out)} held-out prompts; "
+              f"{scores['synthetic/exact_match_follow_up']:.0%} as the second question of a chat")
     return 0
+
+
+def sft_tokenizer(run: dict, out: Path, train: list[dict] | None, resuming: bool):
+    """The SFT run's tokenizer: out/tokenizer.json when it was made from what is asked now
+    (runfolder.reusable), else data.tokenizer, else BPE trained on the conversations (up to 1000
+    of them, any schema, rendered with the run's template)."""
+    from ..sft.loaders import read_json_samples
+    from ..sft.render import to_messages
+    from ..tokenizer import RustBPETokenizer, load_tokenizer
+
+    ex, data_cfg = run["extras"], run["data"]
+    given = ex["tokenizer"]
+    if given:
+        wanted = {"tokenizer": os.path.abspath(given), "digest": R.input_digest(given)}
+    else:
+        source = {k: ex[k] for k in ("n_samples", "tasks", "multi_turn")} if train is not None else \
+            R.files_record([ex["corpus"]])
+        wanted = {"corpus": ex["corpus"], **source, "vocab_size": int(ex["vocab_size"]),
+                  "template": data_cfg.template.to_dict()}
+    if R.reusable(out, runs.TOKENIZER, wanted, resuming):
+        return load_tokenizer(out / runs.TOKENIZER)
+    if given:
+        tok = load_tokenizer(given)
+    else:
+        samples = (train if train is not None else read_json_samples(ex["corpus"]))[:1000]
+        texts = [data_cfg.template.format_messages(to_messages(s, i, data_cfg.schema))[0]
+                 for i, s in enumerate(samples)]
+        tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
+    runs.save_tokenizer(tok, out)
+    runs.record_made_from(out, runs.TOKENIZER, wanted)
+    return tok
+
+
+def _held_out_task(out: Path, template) -> dict:
+    return {"name": "synthetic", "data": str(out / "data" / "heldout.jsonl"), "template": template.to_dict()}
+
+
+def _scored_on(train_cfg, held_out: list[dict], out: Path, template):
+    """``train_cfg`` with its ``synthetic`` eval task scoring the held-out prompts (saved as
+    out/data/heldout.jsonl, none of them seen in training) in the run's chat template, so the
+    score is reported at every eval (the sft recipe lists the task)."""
+    import json
+
+    from ..atomic import atomic_write_text
+    from ..evaluation import parse_spec
+
+    atomic_write_text(out / "data" / "heldout.jsonl", "".join(json.dumps(s) + "\n" for s in held_out))
+    tasks = [_held_out_task(out, template) | parse_spec(t)[1] if parse_spec(t)[0] == "synthetic" else t
+             for t in train_cfg.eval_tasks]
+    return C.build(type(train_cfg), "train", {**train_cfg.to_dict(), "eval_tasks": tasks})
 
 
 def cmd_generate(args) -> int:
@@ -166,37 +197,4 @@ def cmd_chat(args) -> int:
             print(session.ask(line).replace("\n", " "), flush=True)
             continue
         print_reply(session, line)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    """Perplexity of a run's model on a text file or a token file (.bin/.npy)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..data.tokens import open_tokens
-
-    loaded = load_source(args)
-    model, tok = loaded.model, loaded.tokenizer
-    if not os.path.isfile(args.data):
-        raise FileNotFoundError(f"--data {args.data!r} does not exist")
-    if Path(args.data).suffix in (".bin", ".npy"):
-        ids = torch.as_tensor(open_tokens(args.data)[: args.max_tokens].astype("int64"))
-    else:
-        text = Path(args.data).read_text(encoding="utf-8", errors="replace")
-        ids = torch.tensor(tok.encode(text)[: args.max_tokens], dtype=torch.long)
-    T = min(args.seq_len or model.cfg.max_seq, model.cfg.max_seq)
-    if len(ids) < 2:
-        raise ValueError(f"{args.data} holds fewer than 2 tokens; nothing to evaluate")
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for a in range(0, len(ids) - 1, T):
-            x = ids[a: a + T + 1]
-            if len(x) < 2:
-                break
-            logits, _ = model(x[:-1].unsqueeze(0))
-            total += F.cross_entropy(logits[0].float(), x[1:], reduction="sum").item()
-            count += len(x) - 1
-    loss = total / count
-    print(f"eval: {count:,} tokens, loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}")
     return 0

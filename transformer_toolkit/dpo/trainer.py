@@ -44,7 +44,8 @@ class DPOTrainer(Trainer):
     progress_stats = ("accuracy", "margin")
 
     def __init__(self, model: nn.Module, train_dl, val_dl, vocab_size: int, cfg=None, tokenizer=None, *,
-                 dpo: DPOConfig | dict | None = None, ref_model: nn.Module | None = None, uploader=None):
+                 dpo: DPOConfig | dict | None = None, ref_model: nn.Module | None = None, uploader=None,
+                 data_config: dict | None = None):
         self.dpo = dpo if isinstance(dpo, DPOConfig) else DPOConfig(**(dpo or {}))
         self.reference = self._pick_reference(model, train_dl, ref_model)
         ref, self._ref_print = None, None
@@ -53,7 +54,8 @@ class DPOTrainer(Trainer):
             for p in ref.parameters():
                 p.requires_grad_(False)
             self._ref_print = fingerprint(list(ref.parameters()))  # checked on resume
-        super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader)
+        super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
+                         data_config=data_config)
         self.ref_model = None
         if ref is not None:
             self.ref_model = ref.to(self.device).eval()

@@ -11,6 +11,7 @@ A checkpoint is one ``torch.save``'d dict (``save_checkpoint`` writes it, the Tr
     val_loss            the latest validation loss, or None
     model_config        the model's TransformerConfig as a plain dict (None for other modules)
     train_config        the TrainConfig as a plain dict
+    data_config         the loaders' settings as a plain dict, or None (``Trainer(data_config=...)``)
     rng                 one entry per rank: torch / cuda / numpy / python RNG states (trainer/rng.py)
     data                one entry per rank: the train loader position (trainer/batches.py)
     world_size, torch_version
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
 from ..model.loading import empty_transformer
 
@@ -41,19 +43,23 @@ STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path + ".tmp"``, fsync, then ``os.replace``: a crash mid-write leaves
-    the previous file at ``path`` intact and removes the partial temp file."""
+    """``torch.save`` to a temp file of its own next to ``path``, fsync, then ``os.replace``: a
+    crash mid-write leaves the previous file at ``path`` intact and removes the partial temp
+    file, and two concurrent saves of one path each install a complete file (the later rename
+    wins) instead of mixing their tensors in one shared temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = Path(temp_path_for(path))
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, KeyboardInterrupt):
+            # Ctrl+C inside torch.save resurfaces as the zip writer's RuntimeError: say what happened
+            raise KeyboardInterrupt(f"interrupted while writing {path}; the previous file is intact") from None
         raise
 
 
@@ -71,7 +77,12 @@ def read_ckpt(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -
     """``torch.load(path, weights_only=True)`` with a clear error for a missing file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}; check the path or use resume_from='auto'")
-    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError) as e:  # a cut-short zip: "failed finding central directory" and kin
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{os.fspath(path)} is not a readable checkpoint (truncated or damaged: {first}); "
+                         "use another checkpoint of the run") from None
 
 
 # Fields that change no weight and no computation that matters for loading (dropout is 0.0 at
@@ -193,9 +204,39 @@ def latest_ckpt(ckpt_dir: str | os.PathLike) -> Path | None:
     return best
 
 
-def prune_step_ckpts(ckpt_dir: str | os.PathLike, keep_last_n: int | None) -> None:
-    """Delete all but the newest ``keep_last_n`` ``step_N.pt`` files (best.pt and pause.pt stay)."""
+def prune_step_ckpts(ckpt_dir: str | os.PathLike, keep_last_n: int | None, upto_step: int | None = None) -> None:
+    """Delete all but the newest ``keep_last_n`` ``step_N.pt`` files with ``N <= upto_step``
+    (all when None); best.pt, pause.pt and later steps stay."""
     if keep_last_n is None:
         return
-    for _, p in step_ckpts(ckpt_dir)[:-keep_last_n]:
+    mine = [p for n, p in step_ckpts(ckpt_dir) if upto_step is None or n <= upto_step]
+    for p in mine[:-keep_last_n]:
         p.unlink(missing_ok=True)
+
+
+def set_aside_later(ckpt_dir: str | os.PathLike, step: int) -> list[Path]:
+    """Move the checkpoints of ``ckpt_dir`` saved after ``step`` (step_N.pt with N > step; best.pt
+    and pause.pt holding a later step) into ``ckpt_dir/abandoned/after_step_<step>[_k]/``;
+    returns their new paths. Used when a run resumes from an earlier checkpoint: what came after
+    it is another trajectory, kept but out of the way."""
+    d = Path(ckpt_dir)
+    later = [p for n, p in step_ckpts(d) if n > step]
+    for name in ("best.pt", "pause.pt"):
+        p = d / name
+        try:
+            if p.is_file() and int(read_ckpt(p, mmap=True)["step"]) > step:
+                later.append(p)
+        except Exception as e:  # a damaged file is left where it is
+            warnings.warn(f"leaving unreadable checkpoint {p} in place: {e}", stacklevel=2)
+    if not later:
+        return []
+    dest, k = d / "abandoned" / f"after_step_{step}", 1
+    while dest.exists():
+        k += 1
+        dest = d / "abandoned" / f"after_step_{step}_{k}"
+    dest.mkdir(parents=True)
+    moved = []
+    for p in later:
+        os.replace(p, dest / p.name)
+        moved.append(dest / p.name)
+    return moved

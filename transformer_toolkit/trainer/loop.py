@@ -17,6 +17,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,9 @@ class Trainer(PersistMixin):
 
     ``tokenizer`` is only used for Hub uploads; ``uploader`` replaces
     ``transformer_toolkit.hf_hub.push_to_hub`` (same keyword signature), e.g. in tests.
+    ``data_config``: the settings the loaders were built with (a plain dict, e.g.
+    ``DataConfig.to_dict()``); checkpoints keep it, so a resume lists the ones that changed
+    (``data.seq_len 64 -> 128``) with the changed ``TrainConfig`` fields.
 
     Another objective subclasses this and overrides ``compute_loss`` / ``count_tokens`` (see
     ``dpo.DPOTrainer``); ``record`` adds its own statistics to the logs.
@@ -60,9 +64,10 @@ class Trainer(PersistMixin):
     progress_stats: tuple[str, ...] = ()  # recorded statistics shown on the progress line too
 
     def __init__(self, model: nn.Module, train_dl, val_dl, vocab_size: int, cfg: TrainConfig | dict | None = None,
-                 tokenizer=None, *, uploader=None):
+                 tokenizer=None, *, uploader=None, data_config: dict | None = None):
         cfg = TrainConfig() if cfg is None else cfg
         self.cfg = TrainConfig(**cfg) if isinstance(cfg, dict) else cfg
+        self.data_config = data_config
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self.dist = D.init_distributed()
         self.device = resolve_device(self.cfg.device)
@@ -98,8 +103,14 @@ class Trainer(PersistMixin):
             self.uploader = uploader if uploader is not None else default_uploader()
         self.hub: HubWorker | None = None
 
+        self.tasks, self.task_scores = None, None
+        if self.cfg.eval_tasks:  # built now: a bad task name fails before the first step
+            from ..evaluation.training import TrainingTasks
+
+            self.tasks = TrainingTasks(self.cfg.eval_tasks, tokenizer, val_dl)
         self.step, self.best_val_loss, self.val_loss = 0, math.inf, None
         self._bad_steps, self._checked_batch, self._stop_requested = 0, False, False
+        self._signals: StopSignals | None = None
         self._mfu_flops, self._peak_flops = None, peak_flops(self.device)
         self.stats: dict[str, Tensor] = {}  # sums that compute_loss records (see record)
         self.eval_stats: dict[str, float] = {}
@@ -268,11 +279,28 @@ class Trainer(PersistMixin):
                 warnings.warn(f"step {self.step}: the weights hold NaN/inf; best.pt not written", RuntimeWarning,
                               stacklevel=2)
 
+    def _score_tasks(self) -> None:
+        """Score the eval tasks (TrainConfig.eval_tasks) now: a progress line, a metrics record
+        (metrics.jsonl, TensorBoard, loss.png's second panel) and eval/tasks_step_N.json/.md."""
+        folder = self.log_dir / "eval" if self.metrics else None  # rank 0 writes
+        self.task_scores = self.tasks.run(self.model, self.step, self.precision.autocast, folder)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in self.task_scores.items())
+        self.progress.message(f"step {self.step} tasks: {shown}")
+        if self.metrics:
+            self.metrics.log("tasks", self.step, **self.task_scores)
+            self.metrics.plot()
+
     # the loop ------------------------------------------------------------------------------
-    def train(self, resume_from: str | None = None) -> dict:
+    def train(self, resume_from: str | None = None, on_start: Callable[[], None] | None = None) -> dict:
         """Train to ``cfg.max_steps``. ``resume_from``: None (continue from this trainer's state,
         step 0 for a new one), a checkpoint path, or "auto" (the newest of pause.pt / step_N.pt
-        in ``ckpt_dir``; a fresh start when there is none). Returns a summary dict."""
+        in ``ckpt_dir``; a fresh start when there is none). Resuming from a checkpoint older
+        than others in ``ckpt_dir`` starts a new trajectory: the later ones are moved aside (to
+        ``ckpt_dir/abandoned/``), never deleted nor resumed by "auto".
+
+        ``on_start`` is called once the state is restored and steps are about to run (``ttk``
+        writes the run's config.yaml there, so a start that fails leaves it as it was).
+        Returns a summary dict."""
         cfg = self.cfg
         path = None
         if resume_from == "auto":
@@ -283,14 +311,18 @@ class Trainer(PersistMixin):
             path = resume_from
         if path is not None:
             self._resume(path)
+            if resume_from != "auto":  # "auto" takes the newest: nothing comes after it but a best.pt it will redo
+                self._set_aside_later()
         elif self.step == 0:
             self._seed()
-        if self.metrics:
-            self.metrics.start(None if (path is None and self.step == 0) else self.step)
         if self.step >= cfg.max_steps:
             self.progress.message(f"already at step {self.step} >= max_steps={cfg.max_steps}: nothing to train")
             D.barrier(self.dist)  # the last collective of a run must be one a teardown survives
             return self._summary(paused=False)
+        if on_start is not None and self.dist.is_main:
+            on_start()
+        if self.metrics:
+            self.metrics.start(None if (path is None and self.step == 0) else self.step)
         n_params = getattr(self.model, "n_params", None)
         self.progress.header(cfg, self.precision.name, self.device, self.dist.world_size,
                              n_params() if callable(n_params) else "?")
@@ -301,10 +333,13 @@ class Trainer(PersistMixin):
         self.model.train()
         try:
             with StopSignals(cfg.interruptible, self._on_signal) as signals:
+                self._signals = signals  # a checkpoint being written defers a second signal
                 paused = self._loop(signals)
         except BaseException:
             self._close(wait=False)  # an abort must not wait for uploads in flight
             raise
+        finally:
+            self._signals = None
         self._close(wait=True)
         D.barrier(self.dist)  # the last collective of a run must be one a teardown survives (see barrier)
         return self._summary(paused)
@@ -365,6 +400,8 @@ class Trainer(PersistMixin):
             last = self.step == cfg.max_steps
             if self.step % cfg.eval_every == 0 or last:
                 self._eval_and_keep_best()
+            if self.tasks is not None and (self.step % (cfg.eval_tasks_every or cfg.eval_every) == 0 or last):
+                self._score_tasks()
             if cfg.save_step_ckpts and (self.step % cfg.save_every == 0 or last):
                 self.save_checkpoint("step")
             if push_every and self.step % push_every == 0:
@@ -405,4 +442,5 @@ class Trainer(PersistMixin):
         return tok_s * self._mfu_flops / (self._peak_flops * self.dist.world_size)
 
     def _summary(self, paused: bool) -> dict:
-        return {"step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss, "paused": paused}
+        return {"step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss, "paused": paused,
+                "tasks": self.task_scores}

@@ -2,7 +2,8 @@
 matplotlib is installed), all in ``log_dir``. Only rank 0 creates one of these.
 
 Each JSONL record is one event: ``{"event": "train", "step", "loss", "lr", "tok_s", ...}`` every
-``log_every`` steps and ``{"event": "eval", "step", "val_loss", "ppl", "best"}`` at every eval.
+``log_every`` steps, ``{"event": "eval", "step", "val_loss", "ppl", "best"}`` at every eval and
+``{"event": "tasks", "step", "TASK/METRIC": score, ...}`` when the run scores eval tasks.
 On resume the file is cut back to the records up to the resumed step, so a crash that happened
 after the checkpoint leaves no duplicated steps and the plot continues the same curve.
 """
@@ -16,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..atomic import atomic_write_text, temp_path_for
 from ..optional import require
 
 
@@ -45,10 +47,7 @@ class MetricsLog:
                     if rec.get("step", 0) <= resume_step:
                         kept.append(rec)
         self.records = kept
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, event: str, step: int, **values) -> None:
         # NaN/inf become null: strict JSON has no such numbers (json.dumps would write NaN).
@@ -65,7 +64,8 @@ class MetricsLog:
 
     def plot(self) -> None:
         """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps, and
-        under it the ``panel`` statistics (train and eval records that have them), if any."""
+        below them, when the run scores eval tasks, each task score against steps, and the
+        ``panel`` statistics of train and eval records (e.g. GRPO's reward)."""
         if not self.plot_enabled:
             return
         try:
@@ -77,33 +77,38 @@ class MetricsLog:
             return
         train = [(r["step"], r["loss"]) for r in self.records if r["event"] == "train" and r["loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.records if r["event"] == "eval" and r["val_loss"] is not None]
-        shown = [k for k in self.panel if any(r.get(k) is not None for r in self.records)]
-        fig = Figure(figsize=(7, 6 if shown else 4), dpi=100)
-        ax, *below = fig.subplots(2 if shown else 1, 1, sharex=True, squeeze=False)[:, 0]
-        if below:
-            self._plot_panel(below[0], shown)
+        tasks: dict[str, list[tuple[int, float]]] = {}
+        for r in self.records:
+            if r["event"] == "tasks":
+                for k, v in r.items():
+                    if k not in ("event", "step", "time") and isinstance(v, (int, float)):
+                        tasks.setdefault(k, []).append((r["step"], v))
+        for name in self.panel:
+            for event in ("train", "eval"):
+                points = [(r["step"], r[name]) for r in self.records if r["event"] == event and r.get(name) is not None]
+                if points:
+                    tasks[f"{event} {name}"] = points
+        fig = Figure(figsize=(7, 6.5 if tasks else 4), dpi=100)
+        axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if tasks else [fig.subplots()]
+        ax = axes[0]
         if train:
             ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
         if val:
             ax.plot(*zip(*val, strict=True), label="val", marker="o", markersize=3)
-        ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
+        if tasks:
+            for name, points in tasks.items():
+                axes[1].plot(*zip(*points, strict=True), label=name, marker="o", markersize=3)
+            axes[1].set_ylabel("score")
+            axes[1].legend(fontsize="small")
+        for a in axes:
+            a.grid(alpha=0.3)
+        axes[-1].set_xlabel("step")
         ax.legend()
         fig.tight_layout()
-        tmp = self.dir / "loss.tmp.png"
-        fig.savefig(tmp)
+        tmp = temp_path_for(self.dir / "loss.png")  # a name of its own: see atomic.py
+        fig.savefig(tmp, format="png")
         os.replace(tmp, self.dir / "loss.png")
-
-    def _plot_panel(self, ax, names: list[str]) -> None:
-        for name in names:
-            for event, style in (("train", {"linewidth": 1}), ("eval", {"marker": "o", "markersize": 3})):
-                points = [(r["step"], r[name]) for r in self.records if r["event"] == event and r.get(name) is not None]
-                if points:
-                    ax.plot(*zip(*points, strict=True), label=f"{event} {name}", **style)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend()
 
     def close(self) -> None:
         if self._tb is not None:

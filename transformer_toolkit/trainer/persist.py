@@ -12,13 +12,22 @@ state of its own through ``extra_state`` / ``load_extra_state`` (DPO's reference
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
 
 import torch
 
-from ..store.checkpoint import FORMAT, fingerprint, load_model_state, prune_step_ckpts, read_ckpt, save_checkpoint
+from ..store.checkpoint import (
+    FORMAT,
+    fingerprint,
+    load_model_state,
+    prune_step_ckpts,
+    read_ckpt,
+    save_checkpoint,
+    set_aside_later,
+)
 from . import distributed as D
 from .hub import cpu_snapshot
 from .rng import rng_state, set_rng_state
@@ -42,7 +51,13 @@ class PersistMixin:
 
     def save_checkpoint(self, kind: str = "step") -> Path:
         """Write ``best.pt``, ``pause.pt`` or ``step_N.pt`` (``kind`` = "best" | "pause" | "step")
-        atomically into ``ckpt_dir``. Under torchrun every rank must call it; rank 0 writes."""
+        atomically into ``ckpt_dir``. Under torchrun every rank must call it; rank 0 writes.
+        A second Ctrl+C during the write takes effect once the file is complete (signals.py)."""
+        signals = getattr(self, "_signals", None)
+        with signals.deferred() if signals is not None else contextlib.nullcontext():
+            return self._save_checkpoint(kind)
+
+    def _save_checkpoint(self, kind: str) -> Path:
         model_sd, optim_sd = D.full_state(self.model, self.optimizer)
         if self._trainable is not None:
             model_sd = {k: v for k, v in model_sd.items() if k in self._trainable}
@@ -57,11 +72,11 @@ class PersistMixin:
                 scaler=self.scaler.state_dict() if self.scaler else None,
                 step=self.step, best_val_loss=self.best_val_loss, val_loss=self.val_loss,
                 model_config=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-                train_config=self.cfg.to_dict(), rng=rng, data=data, world_size=self.dist.world_size,
-                frozen=self._fingerprint, adapter=getattr(self.model, "adapter_info", None),
-                extra=self.extra_state())
-            if kind == "step":
-                prune_step_ckpts(self.cfg.ckpt_dir, self.cfg.keep_last_n)
+                train_config=self.cfg.to_dict(), data_config=self.data_config, rng=rng, data=data,
+                world_size=self.dist.world_size, frozen=self._fingerprint,
+                adapter=getattr(self.model, "adapter_info", None), extra=self.extra_state())
+            if kind == "step":  # this trajectory's: never a later step of an abandoned one
+                prune_step_ckpts(self.cfg.ckpt_dir, self.cfg.keep_last_n, upto_step=self.step)
         D.barrier(self.dist)
         return path
 
@@ -81,11 +96,10 @@ class PersistMixin:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_val_loss, self.val_loss = ckpt["step"], ckpt["best_val_loss"], ckpt.get("val_loss")
-        changed = {k: (v, self.cfg.to_dict().get(k)) for k, v in (ckpt.get("train_config") or {}).items()
-                   if self.cfg.to_dict().get(k) != v}
+        changed = _changed(ckpt.get("train_config"), self.cfg.to_dict())
+        changed += _changed(ckpt.get("data_config"), self.data_config, "data.")
         if changed:
-            self.progress.message("resuming with changed settings: " +
-                                  ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            self.progress.message("resuming with changed settings: " + ", ".join(changed))
         rank, same_world = self.dist.rank, ckpt.get("world_size", 1) == self.dist.world_size
         if not same_world:
             warnings.warn(f"{path} was saved by {ckpt.get('world_size')} processes, this run has "
@@ -94,6 +108,18 @@ class PersistMixin:
         self.stream.load_state_dict(ckpt["data"][rank if same_world else 0])
         set_rng_state(ckpt["rng"][rank if same_world else 0])  # last: replaying the data used the RNG
         self.progress.message(f"resumed from {path} at step {self.step} (best val loss {self.best_val_loss:.4f})")
+
+    def _set_aside_later(self) -> None:
+        """After resuming at ``self.step``: move the checkpoints of ``ckpt_dir`` from later steps
+        (an abandoned trajectory) into ``ckpt_dir/abandoned/``, so "auto" never resumes them and
+        pruning never weighs them against this run's (rank 0 moves; every rank calls)."""
+        if self.dist.is_main:
+            moved = set_aside_later(self.cfg.ckpt_dir, self.step)
+            if moved:
+                self.progress.message(f"resumed at step {self.step}, before {len(moved)} later checkpoint(s) of "
+                                      f"another trajectory: moved {', '.join(p.name for p in moved)} to "
+                                      f"{moved[0].parent}")
+        D.barrier(self.dist)
 
     def _check_partial(self, ckpt: dict, path) -> None:
         """A partial checkpoint (trainable parameters only) resumes only onto the same frozen
@@ -151,3 +177,11 @@ class PersistMixin:
             bad += (~torch.isfinite(local.detach())).any()
         return D.all_reduce_sum(bad, self.dist).item() == 0
 
+
+
+def _changed(saved: dict | None, now: dict | None, prefix: str = "") -> list[str]:
+    """``["lr 0.001 -> 0.002", ...]``: the fields of ``saved`` whose value ``now`` differs
+    (nothing when either side was not recorded)."""
+    if not saved or now is None:
+        return []
+    return [f"{prefix}{k} {v!r} -> {now.get(k)!r}" for k, v in saved.items() if now.get(k) != v]
