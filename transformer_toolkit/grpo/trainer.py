@@ -55,7 +55,8 @@ class GRPOTrainer(Trainer):
 
     def __init__(self, model: nn.Module, train_dl, val_dl, vocab_size: int, cfg=None, tokenizer=None, *,
                  grpo: GRPOConfig | dict | None = None, reward_funcs: list | None = None,
-                 stop_ids: list[int] | None = None, ref_model: nn.Module | None = None, uploader=None):
+                 stop_ids: list[int] | None = None, ref_model: nn.Module | None = None, uploader=None,
+                 data_config: dict | None = None):
         self.grpo = grpo if isinstance(grpo, GRPOConfig) else GRPOConfig(**(grpo or {}))
         if tokenizer is None:
             raise ValueError("GRPOTrainer needs the tokenizer: reward functions score completions as text")
@@ -85,7 +86,8 @@ class GRPOTrainer(Trainer):
             ref = ref_model if ref_model is not None else copy.deepcopy(model)
             for p in ref.parameters():
                 p.requires_grad_(False)
-        super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader)
+        super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
+                         data_config=data_config)
         self.ref_model = None
         if ref is not None:
             self.ref_model = ref.to(self.device).eval()
