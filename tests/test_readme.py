@@ -189,15 +189,15 @@ def ttk_command_lines() -> list[tuple[int, list[str]]]:
 
 
 def check_parses(argv: list[str]) -> None:
-    """Parse ``argv`` like ``ttk`` does; the dotted overrides of train/sft are validated against
+    """Parse ``argv`` like ``ttk`` does; the dotted overrides of train/sft/dpo/grpo are validated against
     the resolved run config (the same checks as a real run, before any data is read)."""
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     overrides = C.parse_overrides(extra)
-    if args.command in ("train", "sft", "dpo"):
-        default = {"sft": "sft", "dpo": "dpo"}.get(args.command, "quickstart")
+    if args.command in ("train", "sft", "dpo", "grpo"):
+        default = {"sft": "sft", "dpo": "dpo", "grpo": "grpo"}.get(args.command, "quickstart")
         raw = C.merge(C.read_yaml(args.config or default), overrides)
         C.resolve(raw, args.command)
     else:

@@ -86,7 +86,7 @@ def test_full_dpo_on_a_trl_file(base, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["train", "--lora.r", "4"], "section 'lora' is for ttk sft and ttk dpo, not ttk train"),
+    (["train", "--lora.r", "4"], "section 'lora' is for ttk sft, ttk dpo and ttk grpo, not ttk train"),
     (["sft", "--dpo.beta", "0.2"], "section 'dpo' is for ttk dpo, not ttk sft"),
     (["sft", "--lora.r", "4", "--train.max_steps", "1"], "adapters need a base model"),
     (["dpo"], "init 'runs/sft' does not exist: run `ttk sft` first"),

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, runs/sft)")
     p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
 
+    p = sub.add_parser("grpo", help="reinforcement learning with verifiable rewards (no arguments: runs/sft-hard on "
+                                    "built-in prompts with exact-match rewards)")
+    _run_args(p, "grpo")
+    p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, "
+                                  "runs/sft-hard)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
@@ -180,15 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import dpo, evaluate, interop, serve, train, use
+        from . import dpo, evaluate, grpo, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
-        if overrides and args.command not in ("train", "sft", "dpo"):
+        if overrides and args.command not in ("train", "sft", "dpo", "grpo"):
             raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
-                    "dpo": lambda: dpo.cmd_dpo(args, overrides),
+                    "dpo": lambda: dpo.cmd_dpo(args, overrides), "grpo": lambda: grpo.cmd_grpo(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
                     "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),

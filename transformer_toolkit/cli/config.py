@@ -1,5 +1,5 @@
 """Run configs: a YAML file (``name``, ``init``, ``model:``, ``train:``, ``data:``, and for
-fine-tuning ``lora:`` and ``dpo:``) plus dotted overrides.
+fine-tuning ``lora:``, ``dpo:`` and ``grpo:``) plus dotted overrides.
 
 ``--model.dim 256`` sets ``model: {dim: 256}``; values go through ``yaml.safe_load`` so ``30``
 is an int, ``true`` a bool and ``3e-4`` a float. Every section is validated by its config
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from ..config_base import suggest
 from ..data import DataConfig
 from ..dpo.config import DPOConfig, PreferenceDataConfig
+from ..grpo.config import GRPOConfig, PromptDataConfig
 from ..lora.config import LoRAConfig
 from ..model import TransformerConfig
 from ..sft import SFTDataConfig
@@ -28,7 +29,7 @@ from ..trainer import TrainConfig
 # The recipes ship inside the package (package data), so `--config llama-small` works from an
 # installed wheel as well as from a checkout; the repository's recipes/ is a link to this folder.
 RECIPES = resources.files("transformer_toolkit") / "recipes"
-SECTIONS = ("model", "train", "data", "lora", "dpo")
+SECTIONS = ("model", "train", "data", "lora", "dpo", "grpo")
 TOP_LEVEL = ("name", "init") + SECTIONS
 
 # data: keys that are not DataConfig / SFTDataConfig fields: where the text comes from and how
@@ -37,9 +38,11 @@ PRETRAIN_EXTRAS = {"corpus": "builtin:python-stdlib", "tokenizer": None, "vocab_
 SFT_EXTRAS = {"corpus": "builtin:synthetic", "tokenizer": None, "vocab_size": 330, "n_samples": 4000,
               "n_eval": 50, "tasks": ["reverse", "add"], "multi_turn": 0.0}
 DPO_EXTRAS = {"corpus": "builtin:synthetic", "n_samples": 1000, "n_eval": 50, "tasks": ["reverse", "add"]}
+GRPO_EXTRAS = {"corpus": "builtin:synthetic", "n_samples": 2000, "n_eval": 100, "tasks": ["add3", "reverse_long"]}
 # kind -> (data extras, data config class, the sections it reads beyond model/train/data)
 KINDS = {"train": (PRETRAIN_EXTRAS, DataConfig, ()), "sft": (SFT_EXTRAS, SFTDataConfig, ("lora",)),
-         "dpo": (DPO_EXTRAS, PreferenceDataConfig, ("lora", "dpo"))}
+         "dpo": (DPO_EXTRAS, PreferenceDataConfig, ("lora", "dpo")),
+         "grpo": (GRPO_EXTRAS, PromptDataConfig, ("lora", "grpo"))}
 
 
 def _yaml_value(text: str) -> Any:
@@ -141,10 +144,11 @@ def resolve(raw: dict, kind: str = "train") -> dict:
         if not isinstance(raw.get(s) or {}, dict):
             raise ValueError(f"section {s!r} must be a mapping of field: value")
     extras_default, data_cls, extra_sections = KINDS[kind]
-    for s in ("lora", "dpo"):
+    for s in ("lora", "dpo", "grpo"):
         if raw.get(s) and s not in extra_sections:
             users = [f"ttk {k}" for k, v in KINDS.items() if s in v[2]]
-            raise ValueError(f"section {s!r} is for {' and '.join(users)}, not ttk {kind}")
+            who = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 2 else users)
+            raise ValueError(f"section {s!r} is for {who}, not ttk {kind}")
     lora = dict(raw.get("lora") or {})
     data = dict(raw.get("data") or {})
     extras = {k: data.pop(k, v) for k, v in extras_default.items()}
@@ -152,10 +156,11 @@ def resolve(raw: dict, kind: str = "train") -> dict:
     for k in data:
         if k not in valid:
             raise ValueError(f"data: unknown field {k!r}{suggest(k, valid)}")
-    data.setdefault("seq_len", 128)
+    if "seq_len" in data_cls.model_fields:  # prompt loaders have none: the model's max_seq bounds a row
+        data.setdefault("seq_len", 128)
     data.setdefault("batch_size", 16)
     model = dict(raw.get("model") or {})
-    model.setdefault("max_seq", data["seq_len"])
+    model.setdefault("max_seq", data.get("seq_len", 128))
     return {
         "name": str(raw.get("name") or ("quickstart" if kind == "train" else kind)),
         "init": raw.get("init"),
@@ -167,6 +172,7 @@ def resolve(raw: dict, kind: str = "train") -> dict:
         "extras": extras,
         "lora": build(LoRAConfig, "lora", lora) if lora and lora.get("r") != 0 else None,
         "dpo": build(DPOConfig, "dpo", raw.get("dpo") or {}) if kind == "dpo" else None,
+        "grpo": build(GRPOConfig, "grpo", raw.get("grpo") or {}) if kind == "grpo" else None,
     }
 
 
@@ -179,7 +185,7 @@ def resolved_dict(run: dict, model_cfg: TransformerConfig, train_cfg: TrainConfi
     """The config.yaml of a run folder: every field filled in."""
     out = {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
            "data": {**run["extras"], **run["data"].to_dict()}}
-    for s in ("lora", "dpo"):
+    for s in ("lora", "dpo", "grpo"):
         if run.get(s) is not None:
             out[s] = run[s].to_dict()
     return out

@@ -58,9 +58,9 @@ def open_run(args, overrides: dict, kind: str, recipe: str,
 def as_base(saved: dict, kind: str = "train") -> dict:
     """A run's resolved config.yaml as the raw config of a rerun: the derived model fields that
     still hold their derived value are dropped (so ``--model.dim`` before the first checkpoint
-    derives them again), and the folder paths, which the run folder sets, too. A DPO run tunes
-    its init as it is: its model section is dropped."""
-    if kind == "dpo":
+    derives them again), and the folder paths, which the run folder sets, too. A DPO or GRPO run
+    tunes its init as it is: its model section is dropped."""
+    if kind in ("dpo", "grpo"):
         saved = {k: v for k, v in saved.items() if k != "model"}
     model = dict(saved.get("model") or {})
     for name in DERIVED:

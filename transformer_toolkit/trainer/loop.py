@@ -212,6 +212,11 @@ class Trainer(PersistMixin):
                 self.scaler.step(self.optimizer)  # skips the update itself when fp16 grads overflowed
             else:
                 self.optimizer.step()
+            if self.optimizer.defaults.get("fused"):
+                # The fused kernel writes the weights without bumping their version counters, which
+                # is how decoding tells new weights from old (fast_decode's cached layouts, PromptCache,
+                # GRPO's rollouts between steps): bump them, at no cost
+                torch.autograd.graph.increment_version(self._params)
         if self.scaler:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ class MetricsLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self.plot_enabled = plot
+        self.panel: tuple[str, ...] = ()  # statistics drawn under the loss (e.g. GRPO's reward)
         self.records: list[dict] = []
         self._tb = None
         if tensorboard:
@@ -63,7 +64,8 @@ class MetricsLog:
 
     def plot(self) -> None:
         """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps, and
-        below them, when the run scores eval tasks, each task score against steps."""
+        below them, when the run scores eval tasks, each task score against steps, and the
+        ``panel`` statistics of train and eval records (e.g. GRPO's reward)."""
         if not self.plot_enabled:
             return
         try:
@@ -81,6 +83,11 @@ class MetricsLog:
                 for k, v in r.items():
                     if k not in ("event", "step", "time") and isinstance(v, (int, float)):
                         tasks.setdefault(k, []).append((r["step"], v))
+        for name in self.panel:
+            for event in ("train", "eval"):
+                points = [(r["step"], r[name]) for r in self.records if r["event"] == event and r.get(name) is not None]
+                if points:
+                    tasks[f"{event} {name}"] = points
         fig = Figure(figsize=(7, 6.5 if tasks else 4), dpi=100)
         axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if tasks else [fig.subplots()]
         ax = axes[0]
@@ -92,7 +99,7 @@ class MetricsLog:
         if tasks:
             for name, points in tasks.items():
                 axes[1].plot(*zip(*points, strict=True), label=name, marker="o", markersize=3)
-            axes[1].set_ylabel("task score")
+            axes[1].set_ylabel("score")
             axes[1].legend(fontsize="small")
         for a in axes:
             a.grid(alpha=0.3)
