@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from transformer_toolkit.model import TransformerConfig
+from transformer_toolkit.model import Transformer, TransformerConfig
 from transformer_toolkit.model.variant_fields import ignored_fields
 from transformer_toolkit.model.variants import ATTENTION, FFN, NORM, POS_ENC
 
@@ -36,6 +36,13 @@ def tiny_config(**overrides) -> TransformerConfig:
         base.pop(f.name, None)
     return TransformerConfig(**base | overrides)
 
+
+def tiny_policy(vocab: int, seed: int = 0, **kw) -> Transformer:
+    """A seeded 2-layer GQA model of dim 32 and max_seq 64: the policy of the DPO and GRPO tests."""
+    torch.manual_seed(seed)
+    base = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, attn="gqa", max_seq=64,
+                hidden_dim=64)
+    return Transformer(TransformerConfig(**{**base, **kw}))
 
 ATTN_X_POS = list(itertools.product(ATTNS, POS))
 

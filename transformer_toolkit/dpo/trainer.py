@@ -21,7 +21,6 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..lora import adapters, disabled
-from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
 from ..trainer.batches import Batch, unpack
 from ..trainer.reference import frozen_copy, frozen_eval, place, same_reference
@@ -46,10 +45,8 @@ class DPOTrainer(Trainer):
                  data_config: dict | None = None):
         self.dpo = dpo if isinstance(dpo, DPOConfig) else DPOConfig(**(dpo or {}))
         self.reference = self._pick_reference(model, train_dl, ref_model)
-        ref, self._ref_print = None, None
-        if self.reference == "model":  # copied before the Trainer moves, shards or wraps the model
-            ref = frozen_copy(model, ref_model)
-            self._ref_print = fingerprint(list(ref.parameters()))  # checked on resume
+        # the reference copy is made before the Trainer moves, shards or wraps the model
+        ref, self._ref_print = frozen_copy(model, ref_model) if self.reference == "model" else (None, None)
         super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
                          data_config=data_config)
         self.ref_model = None if ref is None else place(ref, self)

@@ -28,7 +28,6 @@ from torch import Tensor
 from ..inference.groups import sample_groups
 from ..inference.sampling import SamplingParams
 from ..lora import adapters, disabled
-from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
 from ..trainer import distributed as D
 from ..trainer.batches import Batch
@@ -81,10 +80,8 @@ class GRPOTrainer(Trainer):
                 self.reference = "adapter" if adapters(model) and ref_model is None else "model"
             if self.reference == "adapter" and not adapters(model):
                 raise ValueError("reference='adapter' needs a model with LoRA adapters; use reference='model'")
-        ref, self._ref_print = None, None
-        if self.reference == "model":  # copied before the Trainer moves, shards or wraps the model
-            ref = frozen_copy(model, ref_model)
-            self._ref_print = fingerprint(list(ref.parameters()))  # checked on resume
+        # the reference copy is made before the Trainer moves, shards or wraps the model
+        ref, self._ref_print = frozen_copy(model, ref_model) if self.reference == "model" else (None, None)
         super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
                          data_config=data_config)
         self.ref_model = None if ref is None else place(ref, self)

@@ -17,15 +17,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..store.checkpoint import fingerprint
 from . import distributed as D
 
 
-def frozen_copy(model: nn.Module, given: nn.Module | None = None) -> nn.Module:
-    """``given``, or a copy of ``model`` as it is now, with every parameter frozen."""
+def frozen_copy(model: nn.Module, given: nn.Module | None = None) -> tuple[nn.Module, Tensor]:
+    """``given``, or a copy of ``model`` as it is now, with every parameter frozen; and its
+    fingerprint (for the checkpoints)."""
     ref = given if given is not None else copy.deepcopy(model)
     for p in ref.parameters():
         p.requires_grad_(False)
-    return ref
+    return ref, fingerprint(list(ref.parameters()))
 
 
 def place(ref: nn.Module, trainer) -> nn.Module:
