@@ -34,6 +34,9 @@ class TrainConfig(StrictConfig):
 
     # steps
     max_steps: int = 10000
+    # wall-clock seconds of training (steps, evals and saves; resume-aware): the run ends at whichever of
+    # max_steps and max_time comes first, with the final eval and checkpoint; the cosine then follows time
+    max_time: float | None = None
     eval_every: int = 500
     save_every: int = 1000
     log_every: int = 50
@@ -97,6 +100,8 @@ class TrainConfig(StrictConfig):
         for name in ("max_steps", "eval_every", "save_every", "log_every", "grad_accum_steps", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be > 0 seconds or None (no time limit), got {self.max_time}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0:

@@ -43,6 +43,7 @@ class PersistMixin:
                 "model": model_sd, "optimizer": optim_sd,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
+                "elapsed": self.elapsed,
                 "model_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
                 "train_config": self.cfg.to_dict(),
                 "rng": rng, "data": data, "world_size": self.dist.world_size, "torch_version": str(torch.__version__),
@@ -65,6 +66,7 @@ class PersistMixin:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_val_loss, self.val_loss = ckpt["step"], ckpt["best_val_loss"], ckpt.get("val_loss")
+        self.elapsed = float(ckpt.get("elapsed", 0.0))  # older checkpoints: no time recorded
         changed = {k: (v, self.cfg.to_dict().get(k)) for k, v in (ckpt.get("train_config") or {}).items()
                    if self.cfg.to_dict().get(k) != v}
         if changed:
