@@ -86,7 +86,17 @@ def tokenizer_for(run: dict, out: Path, texts):
 
 def pretrain_loaders(run: dict, out: Path):
     """(tokenizer, train_dl, val_dl); text corpora are tokenised once into out/data/tokens.bin."""
-    from ..data import from_binary, tokenize_files
+    from ..data import from_binary
+
+    tok, tokens = token_file(run, out)
+    train_dl, val_dl = from_binary(tokens, run["data"], tokenizer=tok)
+    return tok, train_dl, val_dl
+
+
+def token_file(run: dict, out: Path):
+    """(tokenizer, token file): data.corpus itself when it is a token file, else the text
+    corpus tokenised once into out/data/tokens.bin (with a tokenizer trained when none is given)."""
+    from ..data import tokenize_files
 
     corpus, max_mb = run["extras"]["corpus"], float(run["extras"]["max_mb"])
     if isinstance(corpus, str) and corpus.endswith(TOKEN_SUFFIXES):
@@ -104,8 +114,7 @@ def pretrain_loaders(run: dict, out: Path):
             t0 = time.time()
             n = tokenize_files(paths, tok, tokens, bos_id=tok.bos_id, eos_id=tok.eos_id)
             print(f"prepare: {n:,} tokens from {len(paths)} file(s) ({time.time() - t0:.0f}s)")
-    train_dl, val_dl = from_binary(tokens, run["data"], tokenizer=tok)
-    return tok, train_dl, val_dl
+    return tok, tokens
 
 
 def train_config(run: dict, out: Path):
