@@ -195,7 +195,11 @@ def check_parses(argv: list[str]) -> None:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     overrides = C.parse_overrides(extra)
-    if args.command in ("train", "sft"):
+    if args.command == "compare":  # the same checks as ttk compare makes before reading any data
+        from transformer_toolkit.cli.compare import plan
+
+        plan(args, overrides)
+    elif args.command in ("train", "sft"):
         raw = C.merge(C.read_yaml(args.config or ("sft" if args.command == "sft" else "quickstart")), overrides)
         C.resolve(raw, args.command)
     else:
