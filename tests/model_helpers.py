@@ -11,11 +11,10 @@ from types import SimpleNamespace
 
 from transformer_toolkit.model import TransformerConfig
 from transformer_toolkit.model.variant_fields import ignored_fields
+from transformer_toolkit.model.variants import ATTENTION, FFN, NORM, POS_ENC
 
-ATTNS = ("mha", "gqa", "mqa", "flash", "mla")
-POS = ("rope", "sinusoidal", "learned", "alibi", "none")
-FFNS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_ec", "moe_shared")
-NORMS = ("rmsnorm", "layernorm")
+# every registered variant, so a new one is tested like the others without editing this file
+ATTNS, POS, FFNS, NORMS = tuple(ATTENTION), tuple(POS_ENC), tuple(FFN), tuple(NORM)
 
 
 def tiny_config(**overrides) -> TransformerConfig:

@@ -14,7 +14,7 @@ from model_helpers import tiny_config
 from transformer_toolkit import generation
 from transformer_toolkit.model import Transformer
 from transformer_toolkit.model import fast_decode as fd
-from transformer_toolkit.model.attention import _one_query
+from transformer_toolkit.model.kernels import Linear, _one_query, decode_kernels
 
 
 def _model(**kw) -> Transformer:
@@ -68,26 +68,26 @@ def test_a_second_call_reuses_the_compiled_step():
     assert out.shape == (1, 16)
 
 
-def test_later_steps_run_the_compiled_graph_without_swapping_the_linears(monkeypatch):
+def test_later_steps_run_the_compiled_graph_without_setting_the_kernels(monkeypatch):
     model = _model(attn="gqa")
     x = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(4))
     eager = model.generate(x, 12, temperature=0)
     model.generate(x, 12, temperature=0, compile=True)  # compiles this model's step
     entered = []
-    real = generation.rowdot_linears
+    real = generation.decode_kernels
 
-    def counting(m):
-        entered.append(m)
-        return real(m)
+    def counting(m, compiled=False):
+        entered.append(compiled)
+        return real(m, compiled)
 
-    monkeypatch.setattr(generation, "rowdot_linears", counting)
+    monkeypatch.setattr(generation, "decode_kernels", counting)
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     out = model.generate(x, 12, temperature=0, compile=True)
     assert torch.equal(out, eager)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before  # no new trace
-    # the step's first call (at its creation, guards checked) swaps them; the 11 decode steps
-    # after it replay the graph
-    assert len(entered) == (1 if generation._CAN_SKIP_GUARDS else 12)
+    # the step's first call (at its creation, guards checked) sets the compiled decode kernels;
+    # the 11 decode steps after it replay the graph
+    assert entered == [True] * (1 if generation._CAN_SKIP_GUARDS else 12)
 
 
 def test_prompt_cache_with_a_compiled_step():
@@ -139,17 +139,17 @@ def test_compiled_cache_len_is_a_power_of_two_within_max_seq():
 
 
 def test_rowdot_linears_match_f_linear_and_are_removed():
-    lin = nn.Linear(24, 40, bias=True)
+    lin = Linear(24, 40, bias=True)
     model = nn.Sequential(lin)
     small, big = torch.randn(2, 24), torch.randn(fd.ROWDOT_MAX_ROWS[torch.float32] + 1, 24)
-    with fd.rowdot_linears(model):
-        assert "forward" in lin.__dict__
+    with decode_kernels(model, compiled=True):
+        assert lin.kernel is fd.rowdot
         torch.testing.assert_close(lin(small), F.linear(small, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
         assert torch.equal(lin(big), F.linear(big, lin.weight, lin.bias))  # more rows: the ordinary kernel
         bf = lin.to(torch.bfloat16)
         got = bf(small.bfloat16()).float()
         torch.testing.assert_close(got, F.linear(small.bfloat16(), bf.weight, bf.bias).float(), atol=3e-2, rtol=3e-2)
-    assert "forward" not in lin.__dict__
+    assert lin.kernel is None and "forward" not in lin.__dict__  # nothing patched, nothing left set
 
 
 @pytest.mark.parametrize("heads,kv", [(6, 3), (4, 4), (8, 1)])

@@ -8,7 +8,7 @@ from model_helpers import ATTNS, FFNS, NORMS, POS, tiny_config
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.model.loading import empty_transformer
-from transformer_toolkit.trainer.checkpoint import atomic_save
+from transformer_toolkit.store.checkpoint import atomic_save
 
 KINDS = [dict(attn=a) for a in ATTNS] + [dict(pos_enc=p) for p in POS] + [dict(ffn=f) for f in FFNS] + \
     [dict(norm=n, bias=True) for n in NORMS] + [dict(tie_weights=True)]
@@ -99,7 +99,7 @@ def test_gguf_tensors_whose_shapes_disagree_with_the_metadata_are_named(tmp_path
 
 
 def test_a_checkpoint_loads_memory_mapped_on_the_cpu(tmp_path, monkeypatch):
-    import transformer_toolkit.trainer.checkpoint as checkpoint
+    import transformer_toolkit.store.checkpoint as checkpoint
 
     ref, load = _saved(tmp_path, "checkpoint")
     seen = []

@@ -21,7 +21,8 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from .model.fast_decode import decode_weights, rowdot_linears, weights_stamp
+from .model.fast_decode import weights_stamp
+from .model.kernels import decode_kernels
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -160,7 +161,7 @@ def _run(model, tokens: Tensor, max_new: int, temperature: float, top_k, top_p,
             prompt_cache.reused = 0
         return
 
-    with nullcontext() if compile else decode_weights(model):  # a compiled step has its own linears
+    with nullcontext() if compile else decode_kernels(model):  # a compiled step has its own kernels
         yield from _decode_loop(model, out, T0, max_new, temperature, top_k, top_p, stops, pad, generator, compile,
                                 prompt_cache)
 
@@ -220,9 +221,10 @@ class CompiledStep:
 
     The step has the same shapes at every position (``Transformer._static_context``), so it is
     compiled once per batch size, cache length and dtype and reused by later calls (the cache
-    length is rounded up to a power of two, so a few lengths cover every call). On CPU the
-    linears are traced in their dot-product form (``fast_decode.rowdot_linears``) and Inductor
-    fuses each layer's norms, rope, cache write, attention and activations around them; what
+    length is rounded up to a power of two, so a few lengths cover every call). On CPU it is
+    traced with its decode kernels (``kernels.decode_kernels(compiled=True)``: linears as row dot
+    products) and Inductor fuses each layer's norms, rope, cache write, attention and
+    activations around them; what
     is left is streaming the weights. On CUDA the mode is ``reduce-overhead`` (CUDA graphs).
     The first call compiles (about 10-20 s on 2 CPU cores); ``create`` returns None, with a
     warning, where compiling fails (no C++ compiler, say), and decoding stays eager.
@@ -262,8 +264,8 @@ class CompiledStep:
         if self.checked and self.skip_guards and _CAN_SKIP_GUARDS:
             # Later calls feed the same model, cache and input tensors as the first, so the
             # guards would pass again; evaluating them costs ~0.2 ms per token on CPU. Nothing
-            # is traced under this stance (no match raises instead), so the linears need not be
-            # swapped for their traced form either (another ~0.13 ms per token).
+            # is traced under this stance (no match raises instead), so the decode kernels need not
+            # be set either (another ~0.13 ms per token).
             try:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return self.fn(self.model, self.tok, self.pos, self.cache)
@@ -271,7 +273,7 @@ class CompiledStep:
                 if "skip_guard_eval_unsafe" not in str(e):
                     raise
                 self.skip_guards = False
-        with rowdot_linears(self.model) if self.device.type == "cpu" else nullcontext():
+        with decode_kernels(self.model, compiled=True) if self.device.type == "cpu" else nullcontext():
             self.checked = True
             # The first call checks every guard and compiles if none match. One variant per
             # model structure, batch, cache length and dtype: allow more than dynamo's default

@@ -30,6 +30,7 @@ import warnings
 from .atomic import atomic_write_text
 from .convert.auto import export_blocker, write_model_folder
 from .convert.files import MODEL_FILES, staged_folder, write_json
+from .optional import require
 
 # Extensions of pickled weights: loading them can run arbitrary code, so they are never fetched.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -38,11 +39,7 @@ PUSHED_FILES = (*MODEL_FILES, "metrics.json", "README.md")
 
 
 def _hub():
-    try:
-        import huggingface_hub
-    except ImportError as e:
-        raise ImportError('the Hub functions need huggingface_hub: pip install "transformer-toolkit[hf]"') from e
-    return huggingface_hub
+    return require("huggingface_hub", "the Hub functions", "hf")
 
 
 def _default_api(token: str | None):

@@ -11,7 +11,7 @@ from cli_helpers import QUIET, TINY_MODEL, run_main, run_module
 
 from transformer_toolkit import Transformer
 from transformer_toolkit.cli.builtin import stdlib_files
-from transformer_toolkit.cli.use import load_run
+from transformer_toolkit.store import load
 
 TEXT = "\n".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(400))
 TRAIN = [*QUIET, *TINY_MODEL, "--data.seq_len", "32", "--data.batch_size", "4", "--train.grad_accum_steps", "1",
@@ -59,8 +59,8 @@ def test_round_trip_and_resume(tmp_path, capsys):
     for src in (run, run / "checkpoints" / "best.pt"):
         model = Transformer.from_checkpoint(src)
         assert torch.equal(model(x)[0], ref.eval()(x)[0])
-    model, tok, run_cfg = load_run(run)
-    assert tok.vocab_size == 320 and run_cfg["name"] == "quickstart"
+    loaded = load(run)
+    assert loaded.tokenizer.vocab_size == 320 and loaded.run_config["name"] == "quickstart"
 
     rc, out, err = run_main(capsys, "generate", "--run", run, "--prompt", "def f1", "--max-new", "5")
     assert rc == 0 and out.startswith("def f1"), err

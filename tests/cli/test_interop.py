@@ -15,8 +15,8 @@ pytest.importorskip("huggingface_hub")
 from hub_fake import FakeHub  # noqa: E402
 
 from transformer_toolkit import Transformer, load_tokenizer  # noqa: E402
-from transformer_toolkit.cli.use import load_run  # noqa: E402
 from transformer_toolkit.sft import ChatTemplate  # noqa: E402
+from transformer_toolkit.store import load  # noqa: E402
 
 SFT = [*QUIET, "--train.max_steps", "3", "--train.eval_every", "3", "--data.n_samples", "200",
        "--data.n_eval", "4", "--train.eval_iters", "1", "--train.save_every", "3"]
@@ -46,7 +46,8 @@ def test_export_hf_then_use_the_folder_with_model(run, tmp_path, capsys, monkeyp
     out = tmp_path / "hf"
     rc, stdout, err = run_main(capsys, "export", "--run", run, "--format", "hf", "--out", out)
     assert rc == 0 and "export: hf (f32)" in stdout, err
-    model, tok, _ = load_run(run)
+    loaded = load(run)
+    model, tok = loaded.model, loaded.tokenizer
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     x = torch.tensor([tok.encode("reverse: cat dog")])
     with torch.no_grad():
@@ -84,7 +85,7 @@ def test_export_dtypes(run, tmp_path, capsys):
 
 def test_model_from_transformers_with_a_foreign_template(run, tmp_path, capsys, monkeypatch):
     """A folder written by transformers itself; its template matches no preset -> chatml + one warning line."""
-    _, tok, _ = load_run(run)
+    tok = load(run).tokenizer
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
@@ -109,7 +110,8 @@ def test_sft_from_a_pretrained_folder(run, tmp_path, capsys, monkeypatch):
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "eos_token": "<|im_end|>"}))
     rc, out, err = run_main(capsys, "sft", "--model", tmp_path / "hf", "--out", tmp_path / "ft", *SFT)
     assert rc == 0 and "exact match" in out, err
-    model, tok, _ = load_run(tmp_path / "ft")
+    loaded = load(tmp_path / "ft")
+    model, tok = loaded.model, loaded.tokenizer
     assert type(tok).__name__ == "HFTokenizer" and tok.eos_id == tok.token_to_id("<|im_end|>")
     assert model.cfg == Transformer.from_pretrained(tmp_path / "hf").cfg
     rc, replies, err = _chat(capsys, monkeypatch, "--run", tmp_path / "ft")
@@ -132,7 +134,8 @@ def test_push_and_pull(run, tmp_path, capsys, monkeypatch):
 
     rc, out, err = run_main(capsys, "pull", "me/sft", "--out", tmp_path / "pulled")
     assert rc == 0 and "--model" in out, err
-    model, tok, _ = load_run(run)
+    loaded = load(run)
+    model, tok = loaded.model, loaded.tokenizer
     back = Transformer.from_pretrained(tmp_path / "pulled")
     x = torch.tensor([tok.encode("add: 1 + 2")])
     with torch.no_grad():

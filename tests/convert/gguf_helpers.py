@@ -8,8 +8,8 @@ import torch
 
 from transformer_toolkit.model.config import TransformerConfig
 from transformer_toolkit.model.transformer import Transformer
-from transformer_toolkit.sft.templates import ChatTemplate
 from transformer_toolkit.tokenizer.bpe import RustBPETokenizer
+from transformer_toolkit.tokenizer.templates import ChatTemplate
 
 # Texts the tokenizer is trained on and tested with: ChatML turns, digits, accents, CJK, runs of
 # spaces and newlines (each splits differently under a wrong pre-tokenizer regex).

@@ -25,7 +25,7 @@ from gguf_helpers import (  # noqa: E402
 from transformer_toolkit import load_tokenizer  # noqa: E402
 from transformer_toolkit.convert.gguf import gguf_chat_template, gguf_tokenizer, load_gguf, save_gguf  # noqa: E402
 from transformer_toolkit.model.transformer import Transformer  # noqa: E402
-from transformer_toolkit.sft.templates import ChatTemplate  # noqa: E402
+from transformer_toolkit.tokenizer.templates import ChatTemplate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

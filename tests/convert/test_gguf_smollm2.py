@@ -22,7 +22,7 @@ from transformer_toolkit.convert.gguf import gguf_chat_template, gguf_tokenizer,
 from transformer_toolkit.model.config import TransformerConfig  # noqa: E402
 from transformer_toolkit.model.transformer import Transformer  # noqa: E402
 from transformer_toolkit.sft.chat import ChatSession  # noqa: E402
-from transformer_toolkit.sft.templates import ChatTemplate  # noqa: E402
+from transformer_toolkit.tokenizer.templates import ChatTemplate  # noqa: E402
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its template's default

@@ -17,7 +17,7 @@ from transformer_toolkit import load_tokenizer  # noqa: E402
 from transformer_toolkit.convert import load_pretrained, save_pretrained  # noqa: E402
 from transformer_toolkit.model.config import TransformerConfig  # noqa: E402
 from transformer_toolkit.model.transformer import Transformer  # noqa: E402
-from transformer_toolkit.sft.templates import ChatTemplate  # noqa: E402
+from transformer_toolkit.tokenizer.templates import ChatTemplate  # noqa: E402
 
 TOL = 1e-4
 

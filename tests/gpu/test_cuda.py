@@ -125,11 +125,11 @@ def test_bf16_autocast_training_learns_on_gpu(attn, ffn):
 def test_flash_attention_uses_the_flash_kernel_in_bf16(monkeypatch):
     from torch.nn.attention import SDPBackend
 
-    from transformer_toolkit.model import attention
+    from transformer_toolkit.model import kernels
 
-    # attn="flash" opens its own sdpa_kernel(_FUSED) (flash, then efficient), which replaces any
-    # outer choice: narrow it to flash alone, so a refusal of the flash kernel raises
-    monkeypatch.setattr(attention, "_FUSED", [SDPBackend.FLASH_ATTENTION])
+    # attn="flash" opens its own sdpa_kernel(kernels.FUSED) (flash, then efficient), which replaces
+    # any outer choice: narrow it to flash alone, so a refusal of the flash kernel raises
+    monkeypatch.setattr(kernels, "FUSED", [SDPBackend.FLASH_ATTENTION])
     model = Transformer(tiny_config(attn="flash", dim=128, n_heads=2)).to(DEV, torch.bfloat16)
     x = torch.randint(0, 97, (2, 32), device=DEV)
     logits, _ = model(x)

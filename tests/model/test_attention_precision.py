@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from model_helpers import spy_dtypes, tiny_config
 
 from transformer_toolkit.model import Transformer
-from transformer_toolkit.model import attention as A
+from transformer_toolkit.model import kernels as A
 
 
 @pytest.mark.parametrize("attn", ["mha", "gqa", "flash", "mla"])

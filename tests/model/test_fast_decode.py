@@ -6,10 +6,11 @@ from model_helpers import tiny_config
 
 from transformer_toolkit.model import Transformer
 from transformer_toolkit.model import fast_decode as fd
+from transformer_toolkit.model.kernels import Linear, decode_kernels
 
 
 def _linears(model):
-    return [m for m in model.modules() if type(m) is nn.Linear]
+    return [m for m in model.modules() if isinstance(m, Linear)]
 
 
 def test_fast_linear_matches_f_linear_on_both_layouts():
@@ -76,14 +77,14 @@ def test_a_group_sees_a_weight_change_of_any_member():
     ("mla", "geglu", [2, 2]),  # MLA's q_proj and kv_a_proj read the same input
     ("gqa", "moe_shared", [3, 2]),  # the shared expert is a gated FFN
 ])
-def test_decode_weights_stacks_siblings_and_keeps_logits(attn, ffn, sizes):
+def test_decode_kernels_stacks_siblings_and_keeps_logits(attn, ffn, sizes):
     model = Transformer(tiny_config(attn=attn, ffn=ffn, qkv_bias=attn == "gqa")).eval()
     prompt, nxt = torch.randint(0, 97, (2, 5)), torch.randint(0, 97, (2, 1))
     with torch.no_grad():
         cache = model.make_cache(2)
         model(prompt, cache=cache)
         ref = model(nxt, cache=cache, start_pos=5)[0]
-        with fd.decode_weights(model):
+        with decode_kernels(model):
             groups = fd._PLANS[model]
             assert sorted(len(g.linears) for g in groups if len(g.linears) > 1) == sorted(sizes * 2)  # 2 layers
             cache = model.make_cache(2)
@@ -92,30 +93,30 @@ def test_decode_weights_stacks_siblings_and_keeps_logits(attn, ffn, sizes):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_weights_installs_and_removes_and_keeps_logits():
+def test_decode_kernels_installs_and_removes_and_keeps_logits():
     model = Transformer(tiny_config(attn="gqa")).eval()
     x = torch.randint(0, 97, (2, 1))
     ref, _ = model(x)
-    with fd.decode_weights(model):
-        assert all("forward" in lin.__dict__ for lin in _linears(model))
+    with decode_kernels(model):
+        assert all(lin.kernel is not None for lin in _linears(model)) and model.kernel_mode == "decode"
         got, _ = model(x)
-    assert not any("forward" in lin.__dict__ for lin in _linears(model))
+    assert all(lin.kernel is None for lin in _linears(model)) and model.kernel_mode is None
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_weights_is_off_in_training_mode():
+def test_decode_kernels_is_off_in_training_mode():
     model = Transformer(tiny_config()).train()
-    with fd.decode_weights(model):
-        assert not any("forward" in lin.__dict__ for lin in _linears(model))
+    with decode_kernels(model):
+        assert all(lin.kernel is None for lin in _linears(model))
 
 
 def test_plan_is_reused_until_a_weight_changes():
     model = Transformer(tiny_config()).eval()
     x = torch.randint(0, 97, (1, 4))
-    with fd.decode_weights(model):
+    with decode_kernels(model):
         pass
     first = fd._PLANS[model]
-    with fd.decode_weights(model):
+    with decode_kernels(model):
         pass
     assert fd._PLANS[model] is first  # nothing changed: no rebuild
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -124,7 +125,7 @@ def test_plan_is_reused_until_a_weight_changes():
     logits.sum().backward()
     opt.step()
     model.eval()
-    with fd.decode_weights(model):
+    with decode_kernels(model):
         step = model(x[:, :1])[0]
     assert fd._PLANS[model] is not first  # the optimizer step bumped the weights' versions
     torch.testing.assert_close(step, model(x[:, :1])[0], atol=1e-5, rtol=1e-5)  # new weights used
@@ -172,6 +173,6 @@ def test_plan_follows_dtype_casts_and_data_reassignment():
     head = model.head
     with torch.no_grad():
         head.weight.data = torch.randn_like(head.weight)  # new values, same version counter
-    with fd.decode_weights(model):
+    with decode_kernels(model):
         got = model(x)[0]
     torch.testing.assert_close(got, model(x)[0], atol=1e-5, rtol=1e-5)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model_helpers import tiny_config
 
 from transformer_toolkit.model import Transformer
-from transformer_toolkit.model import attention as A
+from transformer_toolkit.model import kernels as A
 
 
 def _inputs(B, H, KV, T, S, d, dv, dtype=torch.float64):

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from model_helpers import tiny_config
 
 from transformer_toolkit import Transformer
-from transformer_toolkit.model import moe
+from transformer_toolkit.model import kernels
+from transformer_toolkit.model.kernels import grouped_mm
 from transformer_toolkit.model.moe import (
     ExpertChoiceMoE,
     Experts,
     SharedExpertMoE,
     TokenChoiceMoE,
     dispatch_topk,
-    grouped_mm,
     load_balance_loss,
 )
 
@@ -27,7 +27,7 @@ D, H, E = 16, 32, 4  # multiples of 4 floats: torch._grouped_mm's CPU stride req
 @pytest.fixture(autouse=True)
 def _fresh_grouped_mm_state(monkeypatch):
     """Each test starts with no remembered grouped-mm failure (and leaves none behind)."""
-    monkeypatch.setattr(moe, "_GROUPED_MM_OK", {})
+    monkeypatch.setattr(kernels, "_GROUPED_MM_OK", {})
 
 
 def init_experts(experts: Experts, std: float = 0.3) -> Experts:
@@ -199,7 +199,7 @@ def test_grouped_mm_fallback(monkeypatch):
     offs = torch.tensor(sizes).cumsum(0).to(torch.int32)
     got = grouped_mm(x, w, offs)
     torch.testing.assert_close(got, _grouped_ref(x, w, sizes))
-    assert moe._GROUPED_MM_OK.get(("cpu", torch.float32, 16, 8)) is False
+    assert kernels._GROUPED_MM_OK.get(("cpu", torch.float32, 16, 8)) is False
     grouped_mm(x, w, offs)
     assert len(calls) == 1  # the failure is remembered
     got.sum().backward()
@@ -392,7 +392,7 @@ def test_moe_model_forward_has_no_host_sync(sync_spy):
     ((9, 0), torch.bfloat16, True), ((10, 0), torch.bfloat16, True), ((9, 0), torch.float32, False),
     ((8, 0), torch.bfloat16, False), ((12, 0), torch.bfloat16, False), ((8, 6), torch.float16, False)])
 def test_grouped_mm_kernel_only_where_it_needs_no_host_sync(monkeypatch, capability, dtype, native):
-    from transformer_toolkit.model.moe import native_grouped_mm
+    from transformer_toolkit.model.kernels import native_grouped_mm
 
     # on CUDA, torch._grouped_mm's own kernel is bf16 on Hopper/Blackwell; elsewhere it falls back to
     # a loop that copies the offsets to the host, which a CUDA-graph capture cannot hold

@@ -23,7 +23,7 @@ from transformer_toolkit.model import (
     TransformerConfig,
 )
 from transformer_toolkit.model.variant_fields import VARIANT_FIELDS, markdown_table
-from transformer_toolkit.trainer.checkpoint import config_diff, load_ckpt
+from transformer_toolkit.store.checkpoint import config_diff, load_ckpt
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 KINDS = {"attn": ATTN_KINDS, "ffn": FFN_KINDS, "pos_enc": POS_KINDS, "norm": NORM_KINDS}

@@ -8,8 +8,8 @@ from sft_helpers import CONVERSATION, small_bpe
 
 from transformer_toolkit import ChatTemplate, HFTokenizer
 from transformer_toolkit.sft.render import render, to_messages, truncate
-from transformer_toolkit.sft.templates import PRESETS
 from transformer_toolkit.tokenizer import ByteLevelTokenizer
+from transformer_toolkit.tokenizer.templates import PRESETS
 
 
 @pytest.fixture(scope="module")

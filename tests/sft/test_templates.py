@@ -6,7 +6,7 @@ import pytest
 from sft_helpers import CONVERSATION, small_bpe
 
 from transformer_toolkit import ChatTemplate
-from transformer_toolkit.sft.templates import PRESETS
+from transformer_toolkit.tokenizer.templates import PRESETS
 
 TWO = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 

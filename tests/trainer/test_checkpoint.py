@@ -9,7 +9,7 @@ import torch
 from trainer_helpers import VOCAB, loaders, make_cfg, tiny_model
 
 from transformer_toolkit.trainer import TrainConfig, Trainer, atomic_save, latest_ckpt, load_ckpt, param_groups
-from transformer_toolkit.trainer import checkpoint as ckpt_module
+from transformer_toolkit.trainer import rng as rng_module
 
 KEYS = {"format", "version", "kind", "model", "optimizer", "scaler", "step", "best_val_loss", "val_loss", "elapsed",
         "model_config", "train_config", "rng", "data", "world_size", "torch_version"}
@@ -123,9 +123,9 @@ def test_rng_state_round_trip():
 
     import numpy as np
 
-    state = ckpt_module.rng_state()
+    state = rng_module.rng_state()
     a = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt_module.set_rng_state(state)
+    rng_module.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 

@@ -1,4 +1,5 @@
-"""The ``ttk`` command: one function per subcommand (see train.py and use.py).
+"""The ``ttk`` command: one function per subcommand (train.py, use.py, interop.py; the model of
+``--run`` / ``--model`` is loaded by source.py through ``store.load``).
 
 Any mistake in the input (unknown field, bad value, missing file) prints one line naming it and
 exits with status 2; ``--debug`` shows the traceback instead.
@@ -28,7 +29,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder or .pt checkpoint")
     src.add_argument("--model", help="pretrained model: a transformers folder (Llama/Mistral/Qwen2/SmolLM/GPT-2/"
-                                     "Mixtral), a folder from ttk pull, or a .gguf file")
+                                     "Mixtral), a folder from ttk pull, a .gguf file, or a Hub repo id "
+                                     "(owner/name, pulled once into ~/.cache/transformer_toolkit/hub)")
 
 
 def _gen_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, "sft")
     p.add_argument("--init", help="start from this run folder, checkpoint, transformers folder or .gguf file "
                                   "instead of from scratch")
-    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder, .gguf or Hub id)")
 
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)

@@ -165,6 +165,3 @@ def resolved_dict(run: dict, model_cfg: TransformerConfig, train_cfg: TrainConfi
     return {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
             "data": {**run["extras"], **run["data"].to_dict()}}
 
-
-def write_yaml(d: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")

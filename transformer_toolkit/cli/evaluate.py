@@ -17,15 +17,15 @@ def _tasks(raw: list[str]) -> list[str]:
 
 def _load(kind: str, path: str):
     from ..evaluation.source import load
-    from .interop import is_pretrained
+    from ..store import PRETRAINED, source_kind
 
-    p = Path(path)
-    if kind == "run" and is_pretrained(p) and not (p / "checkpoints").is_dir():
+    found = source_kind(path)
+    if kind == "run" and found in PRETRAINED:
         raise FileNotFoundError(f"--run {path!r} is a pretrained model, not a run folder; use --model {path}")
-    if kind == "model" and not is_pretrained(p):
+    if kind == "model" and found not in PRETRAINED:
         raise FileNotFoundError(f"--model {path!r}: not a .gguf file nor a folder with config.json (a run folder "
                                 "goes with --run)")
-    return load(p)
+    return load(path)
 
 
 def _evaluate_one(args, kind: str, path: str) -> tuple[dict | None, dict]:

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from ..store import runs
+from ..store.checkpoint import latest_ckpt
 from . import config as C
 from .builtin import corpus_files, read_texts
 
@@ -45,14 +47,12 @@ def cmd_prepare(args) -> int:
 
 def run_folder(args, run: dict) -> Path:
     out = Path(args.out or os.path.join("runs", run["name"]))
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    runs.checkpoint_dir(out).mkdir(parents=True, exist_ok=True)
     return out
 
 
 def resume_target(args, ckpt_dir: Path):
     """None (fresh), "auto" or a checkpoint path, from ``--resume``."""
-    from ..trainer.checkpoint import latest_ckpt
-
     has_ckpt = latest_ckpt(ckpt_dir) is not None
     if args.resume == "none":
         if has_ckpt:
@@ -70,7 +70,7 @@ def tokenizer_for(run: dict, out: Path, texts):
     """The run's tokenizer: out/tokenizer.json when resuming, data.tokenizer when given, else trained."""
     from ..tokenizer import RustBPETokenizer, load_tokenizer
 
-    saved = out / "tokenizer.json"
+    saved = out / runs.TOKENIZER
     if saved.is_file():
         return load_tokenizer(saved)
     given = run["extras"]["tokenizer"]
@@ -102,7 +102,7 @@ def token_file(run: dict, out: Path):
     if isinstance(corpus, str) and corpus.endswith(TOKEN_SUFFIXES):
         if not os.path.isfile(corpus):
             raise FileNotFoundError(f"data.corpus token file {corpus!r} does not exist")
-        if not run["extras"]["tokenizer"] and not (out / "tokenizer.json").is_file():
+        if not run["extras"]["tokenizer"] and not (out / runs.TOKENIZER).is_file():
             raise ValueError("data.corpus is a token file: set data.tokenizer to the tokenizer that made it")
         tok, tokens = tokenizer_for(run, out, None), corpus
     else:
@@ -120,7 +120,7 @@ def token_file(run: dict, out: Path):
 def train_config(run: dict, out: Path):
     """TrainConfig with checkpoints in out/checkpoints and logs in out."""
     return C.build(type(run["train"]), "train",
-                   {**run["train"].to_dict(), "ckpt_dir": str(out / "checkpoints"), "log_dir": str(out)})
+                   {**run["train"].to_dict(), "ckpt_dir": str(runs.checkpoint_dir(out)), "log_dir": str(out)})
 
 
 def cmd_train(args, overrides: dict) -> int:
@@ -133,11 +133,11 @@ def cmd_train(args, overrides: dict) -> int:
         raw["name"] = args.name
     run = C.resolve(raw, "train")
     out = run_folder(args, run)
-    resume = resume_target(args, out / "checkpoints")
+    resume = resume_target(args, runs.checkpoint_dir(out))
     tok, train_dl, val_dl = pretrain_loaders(run, out)
     model_cfg = C.model_config(run, tok.vocab_size)
     train_cfg = train_config(run, out)
-    C.write_yaml(C.resolved_dict(run, model_cfg, train_cfg), out / "config.yaml")
+    runs.write_config(C.resolved_dict(run, model_cfg, train_cfg), out)
     model = Transformer(model_cfg)
     t0 = time.time()
     summary = Trainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)

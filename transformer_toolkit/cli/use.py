@@ -7,43 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from ..store import load, runs
 from . import config as C
 from .builtin import synthetic_split
-from .interop import is_pretrained, load_pretrained_model, load_source, save_run_tokenizer
+from .source import chat_template, load_source
 from .train import resume_target, run_folder, train_config
-
-
-def load_run(path):
-    """``(model, tokenizer, run_config)`` from a run folder or a checkpoint inside one."""
-    from ..model import Transformer
-    from ..model.loading import resolve_checkpoint, run_dir_of
-    from ..tokenizer import load_tokenizer
-
-    ckpt = resolve_checkpoint(path)
-    model = Transformer.from_checkpoint(ckpt)
-    run_dir = run_dir_of(ckpt)
-    for folder in (run_dir, ckpt.parent):
-        if (folder / "tokenizer_config.json").is_file():  # a pretrained model's tokenizer (ttk sft --model)
-            tok = load_tokenizer(folder)
-            break
-        if (folder / "tokenizer.json").is_file():
-            tok = load_tokenizer(folder / "tokenizer.json")
-            break
-    else:
-        raise FileNotFoundError(f"no tokenizer.json next to {ckpt} (looked in {run_dir})")
-    cfg_path = run_dir / "config.yaml"
-    run_config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    return model, tok, run_config or {}
-
-
-def template_of(run_config: dict):
-    """The run's chat template (config.yaml stores it as a dict), chatml for a pretraining run."""
-    from ..sft import ChatTemplate
-
-    t = (run_config.get("data") or {}).get("template") or "chatml"
-    return ChatTemplate.from_dict(t) if isinstance(t, dict) else t
 
 
 def cmd_sft(args, overrides: dict) -> int:
@@ -62,7 +30,7 @@ def cmd_sft(args, overrides: dict) -> int:
         raw["init"] = args.init or args.model
     run = C.resolve(raw, "sft")
     out = run_folder(args, run)
-    resume = resume_target(args, out / "checkpoints")
+    resume = resume_target(args, runs.checkpoint_dir(out))
     ex, data_cfg = run["extras"], run["data"]
     corpus = ex["corpus"]
     if corpus == "builtin:synthetic":
@@ -74,14 +42,11 @@ def cmd_sft(args, overrides: dict) -> int:
         raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file")
 
     model = None
-    if run["init"] and is_pretrained(run["init"]):
-        model, tok, _ = load_pretrained_model(run["init"], warn=False)  # the recipe's template is trained
-        model.train()
-    elif run["init"]:
-        model, tok, _ = load_run(run["init"])
-        model.train()
-    elif (out / "tokenizer.json").is_file() or ex["tokenizer"]:
-        tok = load_tokenizer(out / "tokenizer.json" if (out / "tokenizer.json").is_file() else ex["tokenizer"])
+    if run["init"]:  # a run, a checkpoint or a pretrained model; the recipe's template is what is trained
+        init = load(run["init"])
+        model, tok = init.model.train(), init.tokenizer
+    elif (out / runs.TOKENIZER).is_file() or ex["tokenizer"]:
+        tok = load_tokenizer(out / runs.TOKENIZER if (out / runs.TOKENIZER).is_file() else ex["tokenizer"])
     else:
         template = data_cfg.template
         texts = [template.format_messages(s["messages"])[0] for s in (train or [])[:1000]]
@@ -89,7 +54,7 @@ def cmd_sft(args, overrides: dict) -> int:
             from ..sft.loaders import read_json_samples
             texts = [template.format_messages(s["messages"])[0] for s in read_json_samples(corpus)[:1000]]
         tok = RustBPETokenizer().train(texts, vocab_size=int(ex["vocab_size"]))
-    save_run_tokenizer(tok, out)
+    runs.save_tokenizer(tok, out)
 
     data_cfg = C.build(type(data_cfg), "data", {**data_cfg.model_dump(exclude={"tokenizer"}), "tokenizer": tok})
     train_dl, val_dl = from_sft_strings(train, tok, data_cfg) if train is not None else \
@@ -99,7 +64,7 @@ def cmd_sft(args, overrides: dict) -> int:
     train_cfg = train_config(run, out)
     if held_out:
         train_cfg = _scored_on(train_cfg, held_out, out, data_cfg.template)
-    C.write_yaml(C.resolved_dict(run, model.cfg, train_cfg), out / "config.yaml")
+    runs.write_config(C.resolved_dict(run, model.cfg, train_cfg), out)
     t0 = time.time()
     summary = SFTTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
     best = summary.get("best_val_loss")
@@ -140,8 +105,10 @@ def cmd_generate(args) -> int:
     """Sample a completion of ``--prompt`` from a run's model."""
     import torch
 
-    model, tok, _, _ = load_source(args, warn=False)
     from ..generation import complete
+
+    loaded = load_source(args)
+    model, tok = loaded.model, loaded.tokenizer
 
     g = torch.Generator().manual_seed(args.seed)
     print(complete(model, tok, args.prompt, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
@@ -167,9 +134,9 @@ def cmd_chat(args) -> int:
     only the replies are printed."""
     from ..sft import ChatSession
 
-    model, tok, template, _ = load_source(args, warn=not args.template)
-    session = ChatSession(model, tok, template=args.template or template, system=args.system,
-                          max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
+    loaded = load_source(args)
+    session = ChatSession(loaded.model, loaded.tokenizer, template=chat_template(loaded, args.template),
+                          system=args.system, max_new=args.max_new, temperature=args.temperature, top_k=args.top_k,
                           compile=args.compile)
     tty = sys.stdin.isatty()
     if tty:

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..atomic import atomic_write_text
 from ..data import DataConfig, from_binary
 from ..data.tokens import open_tokens
 from ..model import Transformer, TransformerConfig
+from ..store import runs
+from ..store.checkpoint import latest_ckpt
 from ..tokenizer import load_tokenizer
 from ..trainer import TrainConfig, Trainer
-from ..trainer.checkpoint import latest_ckpt
 from ..trainer.mfu import flops_per_token, peak_flops
 from . import measure
 from .plan import Budget, Variant, budget_steps
@@ -140,7 +140,7 @@ def _final_config(job: Job, shared: Shared, model, device: str | None) -> tuple[
         every = max(1, steps // shared.evals)
         train.update(max_steps=steps, max_time=None, eval_every=every, save_every=every,
                      log_every=max(1, min(int(train["log_every"]), every)))
-    train.update(ckpt_dir=os.fspath(Path(job.folder) / "checkpoints"), log_dir=os.fspath(job.folder))
+    train.update(ckpt_dir=os.fspath(runs.checkpoint_dir(job.folder)), log_dir=os.fspath(job.folder))
     if device is not None:
         train["device"] = device
     return cfg, tokens_per_step, fpt
@@ -151,26 +151,24 @@ def _comparable(cfg: dict) -> dict:
 
 
 def _write_config(folder: Path, cfg: dict) -> None:
-    path = folder / "config.yaml"
-    if path.is_file():
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if _comparable(old) != _comparable(cfg):
-            raise ValueError(f"{folder} was started with another config; use another --out, or delete that "
-                             "folder to train it again")
-    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    old = runs.read_config(folder)
+    if old and _comparable(old) != _comparable(cfg):
+        raise ValueError(f"{folder} was started with another config; use another --out, or delete that "
+                         "folder to train it again")
+    runs.write_config(cfg, folder)
 
 
 def _keep_tokenizer(folder: Path, shared: Shared, tok) -> None:
     """The run folder holds its own tokenizer.json, as every run folder does."""
-    target = folder / "tokenizer.json"
+    target = folder / runs.TOKENIZER
     if target.is_file():
         return
     if os.path.isfile(shared.tokenizer):
-        tmp = folder / "tokenizer.json.tmp"
+        tmp = folder / f"{runs.TOKENIZER}.tmp"
         shutil.copyfile(shared.tokenizer, tmp)
         os.replace(tmp, target)
     else:
-        tok.save(os.fspath(target))
+        runs.save_tokenizer(tok, folder)
 
 
 def build(job: Job, shared: Shared, device: str | None = None) -> tuple[Trainer, Any, int, float]:

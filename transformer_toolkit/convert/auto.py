@@ -1,46 +1,29 @@
-"""One entry point for pretrained weights: a transformers folder, a native folder or a GGUF file.
-
-``Transformer.from_pretrained(path)`` calls ``load_model``; ``write_model_folder`` is what the
-Hub upload writes (a transformers folder when the config has an exact counterpart, else a
-native one).
+"""Choosing a format: ``write_model_folder`` is what the Hub upload writes (a transformers folder
+when the config has an exact counterpart, else a native one); ``gguf_module`` / ``save_gguf``
+import the GGUF code only when it is used. Reading any format is ``store.load``.
 """
 
 from __future__ import annotations
 
 import os
 
-import torch
-
 from ..model.transformer import Transformer
 from .hf_config import to_hf_config
-from .hf_io import load_pretrained, save_pretrained
-from .native import is_native, load_native, save_native
+from .hf_io import save_pretrained
+from .native import save_native
 
 
 def gguf_module():
-    """``transformer_toolkit.convert.gguf``, imported on first use (it needs the ``gguf`` package)."""
-    try:
-        from . import gguf
-    except ImportError as e:
-        raise ImportError(f"GGUF support is not available ({e}); install it with pip install gguf") from e
+    """``transformer_toolkit.convert.gguf``, imported on first use (its functions import the
+    ``gguf`` package, through ``optional.require``)."""
+    from . import gguf
+
     return gguf
 
 
-def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> Transformer:
-    """The model at ``path`` in eval mode: a ``.gguf`` file, a native folder, or a transformers
-    folder (Llama / Mistral / Qwen2 / SmolLM / GPT-2 / Mixtral). ``overrides`` replace config
-    fields (e.g. ``max_seq=512``)."""
-    p = os.fspath(path)
-    if p.endswith(".gguf"):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"no GGUF file at {p}")
-        return gguf_module().load_gguf(p, dtype=dtype, **overrides)
-    if not os.path.isdir(p):
-        raise FileNotFoundError(f"no model folder or .gguf file at {p!r}; to fetch a Hub repo first run "
-                                "transformer_toolkit.hf_hub.pull_from_hub(repo_id, save_dir=...)")
-    if is_native(p):
-        return load_native(p, dtype, **overrides)
-    return load_pretrained(p, dtype, **overrides)
+def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, template=None, dtype: str = "f16") -> str:
+    """``gguf.save_gguf`` (what ``Transformer.save_gguf`` calls), the module imported on first use."""
+    return gguf_module().save_gguf(model, path, tokenizer=tokenizer, template=template, dtype=dtype)
 
 
 def export_blocker(cfg) -> str | None:

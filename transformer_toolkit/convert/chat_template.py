@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from ..sft.templates import PRESETS, ChatTemplate
-from .files import read_json
+from ..optional import require
+from ..tokenizer.loading import folder_chat_template
+from ..tokenizer.templates import PRESETS, ChatTemplate
 
 # Probes: with a system message first; a template that refuses system messages gets the second.
 _TURNS = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
@@ -35,26 +36,16 @@ def read_chat_template(path: str | os.PathLike) -> str | None:
         from .gguf import gguf_chat_template
 
         return gguf_chat_template(path)
-    jinja = os.path.join(path, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    cfg_path = os.path.join(path, "tokenizer_config.json")
-    if not os.path.isfile(cfg_path):
-        return None
-    t = read_json(cfg_path).get("chat_template")
-    if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
-        t = named.get("default") or next(iter(named.values()), None)
-    return t if isinstance(t, str) else None
+    return folder_chat_template(path)
 
 
 def render(jinja: str, messages: list[dict], add_generation_prompt: bool = True, bos_token: str = "",
            eos_token: str = "") -> str:
     """Render a transformers-style chat template (sandboxed Jinja, ``trim_blocks`` and
     ``lstrip_blocks`` on, ``raise_exception`` available, as transformers renders it)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    loopcontrols = require("jinja2.ext", "rendering a model's chat template", "hf").loopcontrols
+    ImmutableSandboxedEnvironment = require("jinja2.sandbox", "rendering a model's chat template",
+                                            "hf").ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise ValueError(f"chat template refused the conversation: {message}")

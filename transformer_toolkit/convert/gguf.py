@@ -24,6 +24,7 @@ from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
 from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
+from ..optional import require
 from ..tokenizer.hf import HFTokenizer
 from . import gguf_gpt2
 from .gguf_reader import GGUFFile
@@ -35,11 +36,7 @@ ARCHES = ("llama", "qwen2", "gpt2")
 
 
 def _gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise ImportError('GGUF support needs the gguf package: pip install "transformer-toolkit[gguf]"') from e
-    return gguf
+    return require("gguf", "GGUF support", "gguf")
 
 
 # export ----------------------------------------------------------------------------------------

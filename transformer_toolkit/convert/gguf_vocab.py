@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..optional import require
 from .hf_io import special_ids
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # gguf.TokenType values
@@ -182,7 +183,8 @@ def build_tokenizer(vocab: Vocab, add_bos: bool, chat_template: str | None = Non
     """A ``transformers.PreTrainedTokenizerFast`` that tokenises as llama.cpp does for ``vocab``:
     BPE over the pre-tokenizer's words, control tokens matched whole as special tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast = require("transformers", "a GGUF file's tokenizer", "hf").PreTrainedTokenizerFast
 
     ids = {t: i for i, t in enumerate(vocab.tokens)}
     merges = [tuple(m.split(" ", 1)) for m in vocab.merges]

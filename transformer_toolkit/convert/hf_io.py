@@ -14,17 +14,14 @@ import torch
 
 from ..model.loading import empty_transformer
 from ..model.transformer import Transformer
+from ..optional import require
 from .files import read_json, staged_folder, write_json
 from .hf_config import from_hf_config, to_hf_config
 from .hf_weights import drop_fillers, from_hf, to_hf
 
 
 def safetensors_torch():
-    try:
-        import safetensors.torch as st
-    except ImportError as e:
-        raise ImportError('HF export/import needs safetensors: pip install "transformer-toolkit[hf]"') from e
-    return st
+    return require("safetensors.torch", "HF export/import", "hf")
 
 
 def special_ids(tokenizer) -> dict[str, int | None]:
@@ -38,7 +35,7 @@ def as_template(template):
     """A preset name -> ``ChatTemplate``; a ChatTemplate or None passes through."""
     if template is None or not isinstance(template, str):
         return template
-    from ..sft.templates import ChatTemplate
+    from ..tokenizer.templates import ChatTemplate
 
     return ChatTemplate(template)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..optional import require
 from ..tokenizer.chunking import split_text
 from .config import DataConfig
 from .corpus import CHUNK_BYTES, check_special, encode_documents
@@ -17,11 +18,7 @@ DOCS_PER_READ = 1000
 
 
 def import_datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError('from_hf needs the `datasets` package: pip install "transformer-toolkit[hf]"') from None
-    return datasets
+    return require("datasets", "from_hf", "hf")
 
 
 def load_hf(dataset_name, split_name: str = "train", config_name: str | None = None, streaming: bool = False):

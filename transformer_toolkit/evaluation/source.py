@@ -16,22 +16,18 @@ def load(source: str | os.PathLike):
     ChatTemplate or preset name); for a pretrained model with a transformers tokenizer and a
     Jinja template None, meaning that template (rendered by transformers, as lm-eval's ``hf``
     model does), else the preset its template renders like (chatml when none)."""
-    from ..cli.interop import is_pretrained, load_pretrained_model
+    from ..store import PRETRAINED
+    from ..store import load as load_source
+    from ..tokenizer.hf import HFTokenizer
 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"model source {os.fspath(source)!r} does not exist: give a run folder, a .pt "
                                 "checkpoint, a transformers folder or a .gguf file")
-    if is_pretrained(path) and not (path / "checkpoints").is_dir():
-        from ..tokenizer.hf import HFTokenizer
-
-        model, tok, template = load_pretrained_model(path, warn=False)
-        own = isinstance(tok, HFTokenizer) and getattr(tok, "chat_template", None)
-        return model.eval(), tok, None if own else template
-    from ..cli.use import load_run, template_of
-
-    model, tok, run_config = load_run(path)
-    return model.eval(), tok, template_of(run_config)
+    loaded = load_source(path)
+    tok, (template, _) = loaded.tokenizer, loaded.chat_template()
+    own = loaded.kind in PRETRAINED and isinstance(tok, HFTokenizer) and getattr(tok, "chat_template", None)
+    return loaded.model.eval(), tok, None if own else template
 
 
 def run_folder(source: str | os.PathLike) -> Path | None:
@@ -39,7 +35,7 @@ def run_folder(source: str | os.PathLike) -> Path | None:
     for a pretrained model."""
     path = Path(source)
     if path.is_file() and path.suffix == ".pt":
-        from ..model.loading import run_dir_of
+        from ..store.runs import run_dir_of
 
         return run_dir_of(path)
     if path.is_dir() and (path / "checkpoints").is_dir():

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..generation import sample_next
-from ..model.fast_decode import decode_weights
+from ..model.kernels import decode_kernels
 
 # A decode step's cost in prefilled prompt tokens: a fixed part (every weight streamed once) and a
 # part per row (one token through the whole model, less efficiently than in a prefill). Measured
@@ -54,7 +54,7 @@ def generate_until(model, prompts: Sequence[Sequence[int]], *, decode: Callable[
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), decode_weights(model):
+        with torch.inference_mode(), decode_kernels(model):
             for batch in _plan([len(prompts[i]) for i in order], max_new, batch_size, catch_up):
                 rows = [order[j] for j in batch]
                 for i, ids in zip(rows, _one_batch(model, [list(prompts[i]) for i in rows], decode, max_new,

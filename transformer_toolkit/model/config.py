@@ -23,13 +23,11 @@ from pydantic import model_validator
 
 from ..config_base import StrictConfig, check_choice
 from .variant_fields import IgnoredFieldWarning, ignored_fields
+from .variants import ATTENTION, FFN, GELU, MOE, NORM, POS_ENC
 
-ATTN_KINDS = ("mha", "gqa", "mqa", "flash", "mla")
-FFN_KINDS = ("ffn", "relu_ffn", "glu", "reglu", "geglu", "swiglu", "moe", "moe_ec", "moe_shared")
-MOE_KINDS = ("moe", "moe_ec", "moe_shared")
-NORM_KINDS = ("rmsnorm", "layernorm")
-POS_KINDS = ("rope", "sinusoidal", "learned", "alibi", "none")
-GELU_KINDS = ("tanh", "exact")
+# the valid names of each variant field: those of the registries the model is built from
+ATTN_KINDS, FFN_KINDS, MOE_KINDS = tuple(ATTENTION), tuple(FFN), tuple(MOE)
+NORM_KINDS, POS_KINDS, GELU_KINDS = tuple(NORM), tuple(POS_ENC), tuple(GELU)
 
 
 class TransformerConfig(StrictConfig):

@@ -1,35 +1,35 @@
-"""A CPU fast path for the matrix-vector products of small-batch decoding.
+"""The decode kernels of the linear layers (chosen by ``kernels.decode_kernels``), on CPU.
 
 Decoding one token per row is a chain of ``x @ W.T`` with a handful of rows: the time goes into
-streaming the weights from memory. On CPU, PyTorch's default kernel for a ``(1, in)`` input
-against an ``nn.Linear`` weight ``(out, in)`` runs on one core and reaches about a third of the
-memory bandwidth (measured on this project's 2-core AVX-512 machines: 8-13 GB/s of ~30).
+streaming the weights from memory, and PyTorch's default kernel for a one-row input runs on
+one core at a fraction of the memory bandwidth. So an eager decode step uses a layout of each
+weight made for it (``decode_plan``):
 
-- fp32: the output rows are split into one slice per thread, ``(n, out/n, in)``, and computed
-  by one ``torch.bmm``, which runs the slices on all cores at once (26-30 GB/s). For
-  ``in < out`` each slice is stored transposed and contiguous, ``(n, in, out/n)``, the faster
-  layout for short rows; otherwise it is a zero-copy view of the weight.
-- bf16: oneDNN's prepacked weight (``torch.ops.mkldnn``), 2-3x the default kernel.
+- fp32: the output rows split into one slice per thread, ``(n, out/n, in)``, computed by one
+  ``torch.bmm``, which runs the slices on all cores at once. For ``in < out`` each slice is
+  stored transposed and contiguous, ``(n, in, out/n)``, the faster layout for short rows;
+  otherwise it is a zero-copy view of the weight.
+- bf16: oneDNN's prepacked weight (``torch.ops.mkldnn``).
 - Sibling linears that read the same input (q/k/v, gate/up) are stacked into one weight and
   computed by one product (``_FastLinears``): at batch 1 a step pays per kernel call as well as
   per weight byte.
 
-``decode_weights(model)`` builds these copies (one extra copy of the linear weights, so it is
-skipped for models whose linear weights exceed ``MAX_BYTES``) and keeps them, outside the model,
-for the next call until a weight changes: a new tensor (``model.to(...)``, ``p.data = ...``) or
-an in-place update that bumps its version counter (optimizer steps, ``load_state_dict``,
-``torch.no_grad()`` edits). Edits through ``p.data`` in place bypass the version counter, as they
-bypass autograd, and are not seen. While active it routes every
-``nn.Linear`` call with at most ``MAX_ROWS`` rows through them. Larger inputs (prefill), other
-devices, autocast and training use the ordinary ``nn.Linear``. Results equal ``F.linear`` up to
-float rounding (a different summation order).
+The layouts are one extra copy of the linear weights, so models whose linear weights exceed
+``MAX_BYTES`` go without. They are kept outside the model for the next call until a weight
+changes: a new tensor (``model.to(...)``, ``p.data = ...``) or an in-place update that bumps its
+version counter (optimizer steps, ``load_state_dict``, ``torch.no_grad()`` edits). Edits through
+``p.data`` in place bypass the version counter, as they bypass autograd, and are not seen.
+Inputs of more than ``MAX_ROWS`` rows (prefill), other devices, autocast and training use
+``F.linear``. Results equal ``F.linear`` up to float rounding (a different summation order).
+
+A compiled decode step uses ``rowdot`` instead, written for torch.compile rather than for eager
+kernels. The measured figures are in the README (Performance, "Kernel choices").
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -104,8 +104,8 @@ class _Layout:
 
 
 class _FastLinears:
-    """The replacement ``forward`` of one ``nn.Linear``, or of a group of sibling linears that
-    read the same input (an attention's q/k/v, a gated FFN's gate/up; see ``SIBLINGS``).
+    """The decode kernel of one linear, or of a group of sibling linears that read the same
+    input (an attention's q/k/v, a gated FFN's gate/up; see ``SIBLINGS``).
 
     A group multiplies by its stacked weights: the first member called computes every member's
     output in one product and keeps the others' until they are called with the same input
@@ -125,9 +125,9 @@ class _FastLinears:
         self.sizes = [lin.out_features for lin in linears]
         self.input, self.outputs, self.pending = None, None, set()
 
-    def forward(self, i: int):
-        """The forward of member ``i``."""
-        return lambda x: self(i, x)
+    def kernel(self, i: int):
+        """The kernel of member ``i``: a function of ``(linear, x)`` (see ``kernels.Linear``)."""
+        return lambda linear, x: self(i, x)
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
         if x is self.input and i in self.pending and not torch.is_grad_enabled():
@@ -174,8 +174,7 @@ def _groups(model: nn.Module, linears: list[nn.Linear]) -> list[list[nn.Linear]]
     return groups + [[m] for m in linears if id(m) not in grouped]
 
 
-def _eligible(model: nn.Module) -> list[nn.Linear]:
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
+def _eligible(model: nn.Module, linears: list[nn.Linear]) -> list[nn.Linear]:
     if not linears or linears[0].weight.device.type != "cpu" or model.training:
         return []
     if _untracked([m.weight for m in linears]):
@@ -202,52 +201,26 @@ def _plan(model: nn.Module, linears: list[nn.Linear]) -> list[_FastLinears]:
     return plan
 
 
-@contextmanager
-def _forwards(linears: list[nn.Linear], forwards: list):
-    """Within the block, each linear's calls go to its replacement forward."""
-    for lin, fwd in zip(linears, forwards, strict=True):
-        lin.forward = fwd
-    try:
-        yield
-    finally:
-        for lin in linears:
-            del lin.forward  # back to nn.Linear.forward
+def decode_plan(model: nn.Module, linears: list[nn.Linear]) -> dict:
+    """``{linear: kernel}`` for the ``linears`` of an eval-mode CPU ``model`` that an eager decode
+    step should compute through a decode layout (empty where none applies)."""
+    plan = _plan(model, _eligible(model, linears))
+    return {lin: group.kernel(i) for group in plan for i, lin in enumerate(group.linears)}
 
 
-def decode_weights(model: nn.Module):
-    """Within the block, small-batch ``nn.Linear`` calls of an eval-mode CPU model use
-    decode-friendly copies of the weights (see the module docstring). Elsewhere a no-op."""
-    plan = _plan(model, _eligible(model))
-    linears = [m for group in plan for m in group.linears]
-    return _forwards(linears, [group.forward(i) for group in plan for i in range(len(group.linears))])
-
-
-# ---------------------------------------------------------------------------------------------
-# The compiled decode step (``generate(..., compile=True)``) uses a third form, written for
-# torch.compile rather than for eager kernels: ``(x[..., None, :] * W).sum(-1)`` over the weight
-# as it is, ``(out, in)``. Inductor turns it into one vectorised reduction per output row, fused
-# with the operations around it, that streams the weight at 23 GB/s in fp32 and 35 GB/s in bf16
-# on this project's 2-core machines (the 43 linears of the README's Shakespeare shape, one row),
-# where the eager matrix-vector kernels reach 9-18 GB/s. No copy of the weight is made.
-
-
-# Up to how many rows the dot-product form beats what the compiled graph does otherwise (an
-# ATen/oneDNN matmul), per weight dtype; measured in whole compiled decode steps of the
-# Shakespeare shape: fp32 wins at 1, 2 and 8 rows (1.4-2.2x); bf16 at 1 and 2 rows (1.2-2x),
-# loses at 4 and 8 (0.8-0.9x), where oneDNN's bf16 kernel reads the weight once for all rows.
+# The compiled decode step (``generate(..., compile=True)``) computes a linear as
+# ``(x[..., None, :] * W).sum(-1)`` over the weight as it is, ``(out, in)``: Inductor turns it into
+# one vectorised reduction per output row, fused with the operations around it, that streams the
+# weight faster than the eager matrix-vector kernels. No copy of the weight is made.
+# Up to how many rows the dot-product form beats the matmul the compiled graph makes otherwise,
+# per weight dtype: in bf16, oneDNN's kernel reads the weight once for all rows and wins from 4.
 ROWDOT_MAX_ROWS = {torch.float32: 8, torch.bfloat16: 2}
 
 
-def _rowdot_forward(self: nn.Linear, x: Tensor) -> Tensor:
+def rowdot(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` as row dot products for inputs of at most ``ROWDOT_MAX_ROWS`` rows (the
+    form above, meant to be traced by torch.compile), ``F.linear`` for larger ones."""
     if x.shape[:-1].numel() > ROWDOT_MAX_ROWS.get(x.dtype, 1):
-        return F.linear(x, self.weight, self.bias)
-    y = (x.unsqueeze(-2) * self.weight).sum(-1, dtype=torch.float32).to(x.dtype)
-    return y if self.bias is None else y + self.bias
-
-
-def rowdot_linears(model: nn.Module):
-    """Within the block, every ``nn.Linear`` of ``model`` computes an input of at most
-    ``ROWDOT_MAX_ROWS`` rows as dot products (the form above), larger ones with ``F.linear``;
-    meant to be traced by torch.compile."""
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
-    return _forwards(linears, [_rowdot_forward.__get__(lin) for lin in linears])
+        return F.linear(x, linear.weight, linear.bias)
+    y = (x.unsqueeze(-2) * linear.weight).sum(-1, dtype=torch.float32).to(x.dtype)
+    return y if linear.bias is None else y + linear.bias

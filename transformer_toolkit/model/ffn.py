@@ -1,6 +1,12 @@
 """Dense feed-forward blocks. Plain: ``down(act(up(x)))``; gated (Shazeer 2020,
 https://arxiv.org/abs/2002.05202): ``down(act(gate(x)) * up(x))``.
 
+Every feed-forward variant, dense or mixture-of-experts, has one interface:
+``forward(x, continuing=False) -> (y, aux)``, with ``aux`` the load-balancing loss of an MoE
+layer and None for a dense one (``continuing``: the call extends a cached sequence; only
+expert choice routes differently then). ``from_config(cfg)`` builds a layer from a
+``TransformerConfig``.
+
 GELU is the tanh approximation by default (GPT-2's ``gelu_new``, Gemma's GeGLU); config
 ``gelu="exact"`` uses the erf form (BERT, nanoGPT's ``nn.GELU()``), which this torch's CPU build
 also computes about 3x faster.
@@ -13,12 +19,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels import Linear
+
 
 def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+# the ``gelu`` config field: which form a GELU activation computes
 GELU = {"tanh": gelu_tanh, "exact": F.gelu}
+
+
+def _configured_act(cls, cfg):
+    """The GELU form ``cfg.gelu`` names for a class whose activation is GELU; None (the class's own) otherwise."""
+    return GELU[cfg.gelu] if cls.act is gelu_tanh else None
 
 
 class FFN(nn.Module):
@@ -30,11 +44,15 @@ class FFN(nn.Module):
         super().__init__()
         if act is not None:
             self.act = act
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.up_proj = Linear(dim, hidden, bias=bias)
+        self.down_proj = Linear(hidden, dim, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act(self.up_proj(x)))
+    @classmethod
+    def from_config(cls, cfg) -> FFN:
+        return cls(cfg.dim, cfg.hidden_dim, bias=cfg.bias, act=_configured_act(cls, cfg))
+
+    def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, None]:
+        return self.down_proj(self.act(self.up_proj(x))), None
 
 
 class ReluFFN(FFN):
@@ -52,12 +70,16 @@ class GatedFFN(nn.Module):
         super().__init__()
         if act is not None:
             self.act = act
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_proj = Linear(dim, hidden, bias=bias)
+        self.up_proj = Linear(dim, hidden, bias=bias)
+        self.down_proj = Linear(hidden, dim, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+    @classmethod
+    def from_config(cls, cfg) -> GatedFFN:
+        return cls(cfg.dim, cfg.hidden_dim, bias=cfg.bias, act=_configured_act(cls, cfg))
+
+    def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, None]:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)), None
 
 
 class GLU(GatedFFN):
@@ -80,6 +102,3 @@ class SwiGLU(GatedFFN):
     """``swiglu``: SiLU gate (PaLM, Llama, Mistral, Qwen)."""
 
     act = staticmethod(F.silu)
-
-
-DENSE_FFN = {"ffn": FFN, "relu_ffn": ReluFFN, "glu": GLU, "reglu": ReGLU, "geglu": GeGLU, "swiglu": SwiGLU}

@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .attention import AttnContext, attend
+from .attention import AttnContext
 from .cache import LayerCache
+from .kernels import Linear, attend
 from .norm import RMSNorm
 from .position import apply_rope
 
@@ -34,15 +35,15 @@ class MLAttention(nn.Module):
         H, hd, r, L = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim, cfg.latent_dim
         self.n_heads, self.head_dim, self.rope_dim, self.latent_dim = H, hd, r, L
         if cfg.q_latent_dim:
-            self.q_a_proj = nn.Linear(cfg.dim, cfg.q_latent_dim, bias=False)
+            self.q_a_proj = Linear(cfg.dim, cfg.q_latent_dim, bias=False)
             self.q_a_norm = RMSNorm(cfg.q_latent_dim, cfg.eps)
-            self.q_b_proj = nn.Linear(cfg.q_latent_dim, H * (hd + r), bias=False)
+            self.q_b_proj = Linear(cfg.q_latent_dim, H * (hd + r), bias=False)
         else:
-            self.q_proj = nn.Linear(cfg.dim, H * (hd + r), bias=False)
-        self.kv_a_proj = nn.Linear(cfg.dim, L + r, bias=False)  # latent and the shared rope key
+            self.q_proj = Linear(cfg.dim, H * (hd + r), bias=False)
+        self.kv_a_proj = Linear(cfg.dim, L + r, bias=False)  # latent and the shared rope key
         self.kv_a_norm = RMSNorm(L, cfg.eps)
-        self.kv_b_proj = nn.Linear(L, H * 2 * hd, bias=False)  # per head: k_nope then v
-        self.o_proj = nn.Linear(H * hd, cfg.dim, bias=cfg.bias)
+        self.kv_b_proj = Linear(L, H * 2 * hd, bias=False)  # per head: k_nope then v
+        self.o_proj = Linear(H * hd, cfg.dim, bias=cfg.bias)
         self.scale = 1.0 / math.sqrt(hd + r)
         self.dropout = cfg.dropout
 

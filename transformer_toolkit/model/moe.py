@@ -9,8 +9,8 @@
 
 Dispatch has no Python loop over experts or boolean masks and no host sync: the (token, expert)
 pairs are sorted by expert, the token rows gathered, every expert run on its contiguous slice by
-one grouped matmul (``torch._grouped_mm``), scaled by the routing weight and summed back with
-``index_add_``.
+one grouped matmul (``kernels.grouped_mm``: ``torch._grouped_mm`` where it runs natively), scaled
+by the routing weight and summed back with ``index_add_``.
 """
 
 from __future__ import annotations
@@ -22,55 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ffn import DENSE_FFN, GELU, SwiGLU
-
-# (device type, dtype, in, out) -> whether torch._grouped_mm accepted it (it needs 16-byte aligned rows)
-_GROUPED_MM_OK: dict[tuple, bool] = {}
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmuls on ``x``'s device run in: the autocast dtype when autocast is on."""
-    dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-
-
-def native_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._grouped_mm`` runs its own kernel, with no host sync: on CPU, and on CUDA
-    for bf16 on compute capability 9.x / 10.x (Hopper, Blackwell). Elsewhere on CUDA it falls
-    back to a loop that copies ``offs`` to the host, which a CUDA-graph capture cannot hold."""
-    if device.type != "cuda":
-        return True
-    return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
-
-
-def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
-    """Rows ``offs[e-1]:offs[e]`` of ``x`` (N, D_in) times ``w[e]`` (D_in, D_out) -> (N, D_out).
-
-    Uses ``torch._grouped_mm`` where the device and dtype support it (``native_grouped_mm``);
-    a few rows in a compiled or CUDA-graph decode step otherwise run as one batched matmul; the
-    rest falls back to a loop over the slices (which reads ``offs`` on the host).
-    Runs in the autocast dtype when autocast is on, like ``torch.matmul`` would.
-    """
-    dt = compute_dtype(x)
-    x, w = x.to(dt), w.to(dt)
-    native, compiling = native_grouped_mm(x.device, dt), torch.compiler.is_compiling()
-    # torch.compile's shape rule for _grouped_mm takes bf16 only
-    use_grouped = native and (dt == torch.bfloat16 or not compiling)
-    no_sync = (compiling and not use_grouped) or (x.is_cuda and not native and torch.cuda.is_current_stream_capturing())
-    if no_sync and x.shape[0] <= 64:
-        # a few rows (a compiled or captured decode step): one batched matmul with each row's
-        # expert gathered, no host sync
-        rows = torch.arange(x.shape[0], device=x.device)
-        expert = torch.searchsorted(offs, rows, right=True)  # offs[e-1] <= row < offs[e]
-        return torch.bmm(x.unsqueeze(1), w[expert]).squeeze(1)
-    key = (x.device.type, dt, w.shape[-2], w.shape[-1])
-    if use_grouped and _GROUPED_MM_OK.get(key, True):
-        try:
-            return torch._grouped_mm(x, w, offs=offs)
-        except (RuntimeError, NotImplementedError):
-            _GROUPED_MM_OK[key] = False
-    bounds = [0] + offs.tolist()
-    return torch.cat([x[bounds[e]:bounds[e + 1]] @ w[e] for e in range(w.shape[0])])
+from .ffn import SwiGLU
+from .kernels import Linear, compute_dtype, grouped_mm
 
 
 class Experts(nn.Module):
@@ -127,8 +80,12 @@ class TokenChoiceMoE(nn.Module):
                  normalize: bool = True):
         super().__init__()
         self.top_k, self.aux_weight, self.normalize = top_k, aux_weight, normalize
-        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.router = Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
+
+    @classmethod
+    def from_config(cls, cfg) -> TokenChoiceMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.top_k, cfg.moe_aux_weight, cfg.moe_norm_topk)
 
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         B, T, D = x.shape
@@ -149,10 +106,15 @@ class SharedExpertMoE(nn.Module):
         self.shared = SwiGLU(dim, n_shared * hidden) if n_shared else None
         self.routed = TokenChoiceMoE(dim, hidden, n_routed, top_k, aux_weight, normalize)
 
+    @classmethod
+    def from_config(cls, cfg) -> SharedExpertMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.moe_n_shared, cfg.moe_n_routed, cfg.top_k, cfg.moe_aux_weight,
+                   cfg.moe_norm_topk)
+
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         y, aux = self.routed(x)
         if self.shared is not None:
-            y = y + self.shared(x)
+            y = y + self.shared(x)[0]
         return y, aux
 
 
@@ -177,8 +139,12 @@ class ExpertChoiceMoE(nn.Module):
     def __init__(self, dim: int, hidden: int, n_experts: int, capacity: float, top_k: int):
         super().__init__()
         self.capacity, self.top_k = capacity, top_k
-        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.router = Linear(dim, n_experts, bias=False)
         self.experts = Experts(n_experts, dim, hidden)
+
+    @classmethod
+    def from_config(cls, cfg) -> ExpertChoiceMoE:
+        return cls(cfg.dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.moe_capacity, cfg.top_k)
 
     def forward(self, x: Tensor, continuing: bool = False) -> tuple[Tensor, Tensor]:
         B, T, D = x.shape
@@ -196,22 +162,3 @@ class ExpertChoiceMoE(nn.Module):
         y = y * gate.transpose(0, 1).reshape(E, B * C, 1).to(y.dtype)
         out = torch.zeros(B * T, D, dtype=y.dtype, device=x.device).index_add_(0, rows.reshape(-1), y.reshape(-1, D))
         return out.view(B, T, D).to(x.dtype), zero
-
-
-def build_ffn(cfg) -> nn.Module:
-    """The feed-forward module named by ``cfg.ffn``."""
-    if cfg.ffn in DENSE_FFN:
-        act = GELU[cfg.gelu] if cfg.ffn in ("ffn", "geglu") else None
-        return DENSE_FFN[cfg.ffn](cfg.dim, cfg.hidden_dim, bias=cfg.bias, act=act)
-    h = cfg.moe_hidden_dim
-    if cfg.ffn == "moe":
-        return TokenChoiceMoE(cfg.dim, h, cfg.n_experts, cfg.top_k, cfg.moe_aux_weight, cfg.moe_norm_topk)
-    if cfg.ffn == "moe_shared":
-        return SharedExpertMoE(cfg.dim, h, cfg.moe_n_shared, cfg.moe_n_routed, cfg.top_k,
-                               cfg.moe_aux_weight, cfg.moe_norm_topk)
-    if cfg.ffn == "moe_ec":
-        return ExpertChoiceMoE(cfg.dim, h, cfg.n_experts, cfg.moe_capacity, cfg.top_k)
-    raise ValueError(f"unknown ffn {cfg.ffn!r}; valid: {', '.join([*DENSE_FFN, *MOE])}")
-
-
-MOE = {"moe": TokenChoiceMoE, "moe_ec": ExpertChoiceMoE, "moe_shared": SharedExpertMoE}

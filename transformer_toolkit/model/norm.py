@@ -29,12 +29,3 @@ class LayerNorm(nn.LayerNorm):
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps)
-
-
-NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
-
-
-def build_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm {kind!r}; valid: {', '.join(NORMS)}")
-    return NORMS[kind](dim, eps)

@@ -18,36 +18,30 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from . import debug as _debug
-from .attention import Attention, AttnContext, FlashAttention
+from .attention import AttnContext
 from .cache import LayerCache
 from .config import TransformerConfig
-from .mla import MLAttention
-from .moe import MOE, Experts, build_ffn, compute_dtype
-from .norm import build_norm
-from .position import LearnedPE, RotaryEmbedding, SinusoidalPE, alibi_bias, alibi_slopes
-
-ATTENTION = {"mha": Attention, "gqa": Attention, "mqa": Attention, "flash": FlashAttention, "mla": MLAttention}
+from .kernels import Linear, compute_dtype
+from .moe import Experts
+from .position import alibi_bias
+from .variants import ATTENTION, FFN, NORM, POS_ENC
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``; returns the
+    new residual stream and the feed-forward's auxiliary loss (None for a dense one)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.attn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
+        self.attn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
         self.attn = ATTENTION[cfg.attn](cfg)
-        self.ffn_norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
-        self.ffn = build_ffn(cfg)
-        self.is_moe = cfg.ffn in MOE
+        self.ffn_norm = NORM[cfg.norm](cfg.dim, cfg.eps)
+        self.ffn = FFN[cfg.ffn].from_config(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         x = x + self.drop(self.attn(self.attn_norm(x), ctx, cache))
-        h = self.ffn_norm(x)
-        if self.is_moe:
-            y, aux = self.ffn(h, ctx.continuing)
-        else:
-            y, aux = self.ffn(h), None
+        y, aux = self.ffn(self.ffn_norm(x), ctx.continuing)
         return x + self.drop(y), aux
 
 
@@ -65,26 +59,21 @@ class Transformer(nn.Module):
             cfg = TransformerConfig(**cfg)
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = None
-        if cfg.pos_enc == "learned":
-            self.pos = LearnedPE(cfg.dim, cfg.max_seq)
-        elif cfg.pos_enc == "sinusoidal":
-            self.pos = SinusoidalPE(cfg.dim, cfg.max_seq, rms=cfg.init_std)
-        self.rope = None
-        if cfg.pos_enc == "rope":
-            rot = cfg.rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-            self.rope = RotaryEmbedding(rot, cfg.max_seq, cfg.rope_theta)
-        if cfg.pos_enc == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
+        # at most one is set: a position table added to the residual stream (learned, sinusoidal),
+        # RoPE tables or ALiBi slopes (used inside attention)
+        self.pos, self.rope, slopes = POS_ENC[cfg.pos_enc](cfg)
+        if slopes is not None:
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
         else:
             self.alibi_slopes = None
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = build_norm(cfg.norm, cfg.dim, cfg.eps)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.norm = NORM[cfg.norm](cfg.dim, cfg.eps)
+        self.head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.grad_checkpoint = False  # recompute each block in backward (set by the trainer)
+        self.kernel_mode = None  # set inside kernels.decode_kernels; passed to attention in AttnContext
         self.register_load_state_dict_pre_hook(_fill_tied_head)
         self.init_weights()
         self.debug = debug
@@ -216,6 +205,7 @@ class Transformer(nn.Module):
             ctx = self._context(T, start_pos, tokens.device)
             if self.pos is not None:
                 x = x + self.pos(start_pos, T)
+        ctx.kernels = self.kernel_mode
         x = self.drop(x)
         trace = _debug.ForwardTrace(tokens, x) if self.debug and cache is None else None
         aux_total, n_aux = None, 0
@@ -272,32 +262,36 @@ class Transformer(nn.Module):
                       prompt_cache)
 
     # weights and parameters ---------------------------------------------------------------
+    # from_checkpoint, from_pretrained, save_pretrained and save_gguf are entry points of the I/O
+    # layer (transformer_toolkit.store), which sits above the model: each imports it when called.
+    # They are the only upward imports of model/ (see the import-linter contracts in pyproject.toml).
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> Transformer:
-        """Rebuild from a .pt checkpoint or a run folder (see model/loading.py)."""
-        from .loading import load_transformer
-        return load_transformer(path, map_location)
+        """Rebuild from a .pt checkpoint or a run folder (``store.load_model``; the checkpoint holds
+        its config). ``map_location``: where the weights go (default CPU, memory-mapped)."""
+        from ..store import load_model
+        return load_model(path, map_location=map_location)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, **overrides) -> Transformer:
         """Load a transformers folder (Llama / Mistral / Qwen2 / SmolLM / GPT-2 / Mixtral, safetensors),
-        a folder from ``push_to_hub``/``pull_from_hub``, or a ``.gguf`` file; ``overrides`` replace
-        config fields (e.g. ``max_seq=512``). See ``transformer_toolkit.convert``."""
-        from ..convert import load_model
-        return load_model(path, dtype, **overrides)
+        a folder from ``push_to_hub``/``pull_from_hub``, a ``.gguf`` file or a Hub repo id
+        (``store.load_model``); ``overrides`` replace config fields (e.g. ``max_seq=512``)."""
+        from ..store import load_model
+        return load_model(path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path, tokenizer=None, template=None) -> str:
         """Write a folder that ``transformers.AutoModelForCausalLM.from_pretrained`` and
         ``AutoTokenizer.from_pretrained`` load; ``template`` (a preset name or ChatTemplate) becomes
         the tokenizer's chat template. Raises ValueError naming the fields that have no
         transformers counterpart."""
-        from ..convert import save_pretrained
+        from ..store import save_pretrained
         return save_pretrained(self, path, tokenizer=tokenizer, template=template)
 
     def save_gguf(self, path, tokenizer=None, template=None, dtype: str = "f16") -> str:
         """Write a GGUF file for llama.cpp (``dtype`` "f16", "f32" or "q8_0")."""
-        from ..convert.auto import gguf_module
-        return gguf_module().save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
+        from ..store import save_gguf
+        return save_gguf(self, path, tokenizer=tokenizer, template=template, dtype=dtype)
 
     def n_params(self, exclude_embeddings: bool = False) -> str:
         """Parameter count as a string such as ``"30.21M"`` (shared tensors counted once)."""

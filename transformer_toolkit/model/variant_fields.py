@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .variants import MOE
+
 
 class IgnoredFieldWarning(UserWarning):
     """A config field was set that the chosen variant does not read; the config records the
@@ -42,7 +44,7 @@ class VariantField:
         return f"{self.name}={value!r} is ignored: {family}={variant!r} {why}; {self.fix}"
 
 
-_MOE = ("moe", "moe_ec", "moe_shared")
+_MOE = tuple(MOE)  # the mixture-of-experts kinds of the FFN registry
 _SPLIT_QKV = ("mha", "gqa", "mqa", "flash")
 
 VARIANT_FIELDS: tuple[VariantField, ...] = (

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..generation import PromptCache, stream
-from .templates import ChatTemplate
+from ..tokenizer.templates import ChatTemplate
 
 
 class ChatSession:

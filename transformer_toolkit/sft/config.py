@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ..config_base import StrictConfig, check_choice
+from ..tokenizer.templates import ChatTemplate
 from .render import SCHEMAS
-from .templates import ChatTemplate
 
 # The README's field is called `schema`, which shadows pydantic's deprecated BaseModel.schema();
 # nothing here uses that method, so the warning about it is silenced.

@@ -18,28 +18,17 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..atomic import atomic_write_text
+from ..optional import require
 from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list
 from .chunking import split_text
-
-# Special tokens each chat format needs as single ids (validate_template checks them).
-TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    "gemma": ("<start_of_turn>", "<end_of_turn>"),
-    "alpaca": (),
-    "raw": (),
-}
+from .templates import PRESETS
 
 # Texts longer than this are cut at safe points and encoded in parallel (see chunking.py).
 PARALLEL_CHARS = 1 << 20
 
 
 def _require_tokenizers():
-    try:
-        import tokenizers
-    except ImportError as e:  # a core dependency, so only a broken install gets here
-        raise ImportError("RustBPETokenizer needs the `tokenizers` package: pip install tokenizers") from e
-    return tokenizers
+    return require("tokenizers", "RustBPETokenizer", None)  # a core dependency: only a broken install fails
 
 
 class RustBPETokenizer:
@@ -182,9 +171,9 @@ class RustBPETokenizer:
         Returns ``{token: id}``; raises ValueError listing the fragmented tokens otherwise.
         """
         if isinstance(template, str):
-            if template not in TEMPLATE_TOKENS:
-                raise ValueError(f"unknown template {template!r}; presets: {', '.join(TEMPLATE_TOKENS)}")
-            tokens = TEMPLATE_TOKENS[template]
+            if template not in PRESETS:
+                raise ValueError(f"unknown template {template!r}; presets: {', '.join(PRESETS)}")
+            tokens = PRESETS[template].special_tokens
         else:
             tokens = tuple(getattr(template, "special_tokens", template))
         found, fragmented = {}, []
@@ -204,10 +193,7 @@ class RustBPETokenizer:
 
     def to_transformers(self):
         """This tokenizer as a ``transformers.PreTrainedTokenizerFast`` with its special tokens set."""
-        try:
-            from transformers import PreTrainedTokenizerFast
-        except ImportError as e:
-            raise ImportError('to_transformers() needs transformers: pip install "transformer-toolkit[hf]"') from e
+        PreTrainedTokenizerFast = require("transformers", "to_transformers()", "hf").PreTrainedTokenizerFast
         named = {"unk_token": "[UNK]", "pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
         named = {k: v for k, v in named.items() if self.token_to_id(v) is not None}
         extra = [s for s in SPECIAL_TOKENS if s not in named.values() and self.token_to_id(s) is not None]

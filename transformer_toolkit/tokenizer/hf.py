@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+from ..optional import require
 from .base import as_id_list
 
 
 def _transformers():
-    try:
-        import transformers
-    except ImportError as e:
-        raise ImportError('HFTokenizer needs transformers: pip install "transformer-toolkit[hf]"') from e
-    return transformers
+    return require("transformers", "HFTokenizer", "hf")
 
 
 class HFTokenizer:

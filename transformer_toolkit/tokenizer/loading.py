@@ -38,7 +38,7 @@ def load_tokenizer(path: str | os.PathLike):
         kind = _kind(inner) if os.path.isfile(inner) else None
         if kind == "byte_level" or (kind == "ours" and _config_agrees(path)):
             tok = load_tokenizer(inner)
-            tok.chat_template = _folder_template(path)
+            tok.chat_template = folder_chat_template(path)
             return tok
         if any(os.path.isfile(os.path.join(path, f)) for f in _HF_FILES):
             return HFTokenizer(path)
@@ -74,10 +74,22 @@ def _config_agrees(folder: str) -> bool:
     return True
 
 
-def _folder_template(folder: str) -> str | None:
-    from ..convert.chat_template import read_chat_template
-
-    return read_chat_template(folder)
+def folder_chat_template(folder: str | os.PathLike) -> str | None:
+    """The Jinja chat template stored in a tokenizer folder: ``chat_template.jinja``
+    (transformers >= 5) or ``tokenizer_config.json``'s ``chat_template``; None when there is none."""
+    jinja = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    cfg_path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path, encoding="utf-8") as f:
+        t = json.load(f).get("chat_template")
+    if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    return t if isinstance(t, str) else None
 
 
 def _kind(path: str) -> str | None:

@@ -1,9 +1,10 @@
-"""Training: ``TrainConfig``, the ``Trainer`` loop and its checkpoints.
+"""Training: ``TrainConfig``, the ``Trainer`` loop and its checkpoints (the format is
+``store/checkpoint.py``; ``atomic_save``, ``latest_ckpt`` and ``load_ckpt`` are re-exported here).
 
 >>> from transformer_toolkit.trainer import Trainer, TrainConfig, load_ckpt
 """
 
-from .checkpoint import atomic_save, latest_ckpt, load_ckpt
+from ..store.checkpoint import atomic_save, latest_ckpt, load_ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, init_distributed
 from .loop import Trainer, TrainingDiverged

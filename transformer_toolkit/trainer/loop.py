@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..store.checkpoint import latest_ckpt
 from . import distributed as D
 from .batches import Batch, BatchStream, check_batch, is_stateful, unpack
-from .checkpoint import latest_ckpt
 from .config import TrainConfig
 from .hostmem import keep_freed_memory
 from .hub import HubWorker, default_uploader

@@ -17,6 +17,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ..optional import require
+
 
 class MetricsLog:
     def __init__(self, log_dir: str | os.PathLike, tensorboard: bool = False, plot: bool = True):
@@ -27,11 +29,8 @@ class MetricsLog:
         self.records: list[dict] = []
         self._tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("tensorboard=True needs TensorBoard: pip install 'transformer-toolkit[tb]'") from e
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+            tensorboard = require("torch.utils.tensorboard", "tensorboard=True", "tb", package="tensorboard")
+            self._tb = tensorboard.SummaryWriter(log_dir=str(self.dir / "tb"))
 
     def start(self, resume_step: int | None) -> None:
         """Fresh run: an empty log. Resume: keep the records up to ``resume_step``."""
@@ -71,11 +70,10 @@ class MetricsLog:
             return
         try:
             # The object API, not pyplot: no window, no change to the user's matplotlib backend.
-            from matplotlib.figure import Figure
-        except ImportError:
+            Figure = require("matplotlib.figure", "loss.png", "viz").Figure
+        except ImportError as e:
             self.plot_enabled = False
-            warnings.warn("loss.png needs matplotlib: pip install 'transformer-toolkit[viz]' (plot disabled)",
-                          stacklevel=2)
+            warnings.warn(f"{e} (plot disabled)", stacklevel=2)
             return
         train = [(r["step"], r["loss"]) for r in self.records if r["event"] == "train" and r["loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.records if r["event"] == "eval" and r["val_loss"] is not None]

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ..store.checkpoint import FORMAT, load_model_state, prune_step_ckpts, read_ckpt, save_checkpoint
 from . import distributed as D
-from .checkpoint import (
-    FORMAT,
-    VERSION,
-    atomic_save,
-    load_model_state,
-    prune_step_ckpts,
-    read_ckpt,
-    rng_state,
-    set_rng_state,
-)
 from .hub import cpu_snapshot
+from .rng import rng_state, set_rng_state
 
 
 class PersistMixin:
@@ -38,16 +30,12 @@ class PersistMixin:
         path = Path(self.cfg.ckpt_dir) / name
         if self.dist.is_main:
             cfg = getattr(self.model, "cfg", None)
-            atomic_save({
-                "format": FORMAT, "version": VERSION, "kind": kind,
-                "model": model_sd, "optimizer": optim_sd,
-                "scaler": self.scaler.state_dict() if self.scaler else None,
-                "step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss,
-                "elapsed": self.elapsed,
-                "model_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-                "train_config": self.cfg.to_dict(),
-                "rng": rng, "data": data, "world_size": self.dist.world_size, "torch_version": str(torch.__version__),
-            }, path)
+            save_checkpoint(
+                path, kind=kind, model=model_sd, optimizer=optim_sd,
+                scaler=self.scaler.state_dict() if self.scaler else None,
+                step=self.step, best_val_loss=self.best_val_loss, val_loss=self.val_loss, elapsed=self.elapsed,
+                model_config=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+                train_config=self.cfg.to_dict(), rng=rng, data=data, world_size=self.dist.world_size)
             if kind == "step":
                 prune_step_ckpts(self.cfg.ckpt_dir, self.cfg.keep_last_n)
         D.barrier(self.dist)
