@@ -7,11 +7,13 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from transformer_toolkit.cli import main
+from transformer_toolkit.compare import power_law
 from transformer_toolkit.compare import run as R
 
 BASE = {"name": "tiny",
@@ -176,3 +178,37 @@ def test_killed_compare_reuses_finished_runs_and_resumes_the_interrupted_one_exa
     # a changed plan is refused rather than mixed with the old runs
     rc, _, err = compare(capsys, cfg, out, "--budget", "tokens=8192")
     assert rc == 2 and "another plan" in err
+
+
+def test_three_sizes_give_a_scaling_fit_per_family_and_tasks_join_the_table(tmp_path, corpus, capsys):
+    cfg = config(tmp_path, corpus, [], budget="tokens=1024", evals=2,
+                 tasks=[{"name": "bpb", "max_tokens": 2000}])
+    out = tmp_path / "out"
+    rc, stdout, _ = compare(capsys, cfg, out, "--vary", "model.attn=mha,mqa", "--vary", "model.dim=16,32,48")
+    assert rc == 0
+    report = results(out)
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert list(rows) == [f"attn={a}, dim={d}" for a in ("mha", "mqa") for d in (16, 32, 48)]
+    assert set(report["scaling"]) == {"attn=mha", "attn=mqa"}
+    for family in ("attn=mha", "attn=mqa"):
+        entry = report["scaling"][family]
+        flops = [p["flops"] for p in entry["points"]]
+        assert len(flops) == 3 and flops == sorted(flops) and flops[0] < flops[-1]  # bigger models, more compute
+        losses = np.array([p["val_loss"] for p in entry["points"]])
+        if "fit" in entry:  # the law explains the points better than their mean does
+            fit = entry["fit"]
+            assert entry["basis"] == "final losses" and fit["points"] == 3
+            assert fit["rmse"] < losses.std()
+            predicted = power_law(flops, fit["a"], fit["b"], fit["c"])
+            assert np.sqrt(((predicted - losses) ** 2).mean()) == pytest.approx(fit["rmse"], rel=1e-6)
+        else:  # a tiny run whose loss does not fall with size has no law, and says why
+            assert "do not fall" in entry["error"]
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "## Scaling" in md and "![loss against compute](scaling.png)" in md
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    # the task's score is a column, and scores the same held-out tokens as the bits-per-byte column
+    header = next(line for line in md.splitlines() if line.startswith("| Variant"))
+    assert "bpb/bits_per_byte" in header
+    for r in rows.values():
+        assert r["tasks"]["bpb/bits_per_byte"]["mean"] == pytest.approx(r["bits_per_byte"]["mean"], rel=1e-5)

@@ -9,7 +9,7 @@ from transformer_toolkit.compare import Budget, CompareConfig, budget_steps, che
 from transformer_toolkit.model import Transformer, TransformerConfig
 from transformer_toolkit.trainer.mfu import flops_per_token
 
-KNOWN = {"model": {"attn", "ffn", "dim", "n_kv_heads", "n_heads"}, "train": {"lr", "max_steps"},
+KNOWN = {"model": {"attn", "ffn", "dim", "n_kv_heads", "n_heads"}, "train": {"lr", "max_steps", "seed"},
          "data": {"seq_len", "corpus"}}
 
 
@@ -97,4 +97,6 @@ def test_unknown_field_and_shared_data_are_refused_naming_the_variant():
         check_fields(expand(variants=[{"data.corpus": "x.txt"}])[0], KNOWN)
     with pytest.raises(ValueError, match="the budget decides"):
         check_fields(expand(variants=[{"train.max_steps": 5}])[0], KNOWN)
+    with pytest.raises(ValueError, match="from the same seeds"):
+        check_fields(expand(variants=[{"train.seed": 7}])[0], KNOWN)
     check_fields(expand(variants=[{"model.attn": "gqa", "model.n_kv_heads": 1, "data.seq_len": 8}])[0], KNOWN)

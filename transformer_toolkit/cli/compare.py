@@ -85,6 +85,7 @@ def jobs_for(raw: dict, variants, seeds: int, out: Path, shared, vocab_size: int
 
     jobs = []
     shared_paths = {"data.corpus": shared.tokens, "data.tokenizer": shared.tokenizer}
+    base_seed = C.resolve(C.merge(raw, shared_paths), "train")["train"].seed  # of a variant that cannot resolve
     for v in variants:
         for k in range(seeds):
             config, error, seed = None, None, None
@@ -98,7 +99,7 @@ def jobs_for(raw: dict, variants, seeds: int, out: Path, shared, vocab_size: int
                 config["name"] = f"{raw.get('name') or 'compare'}: {v.name} (seed {seed})"
             except ValueError as e:
                 error = str(e).splitlines()[0]
-                seed = int((raw.get("train") or {}).get("seed", 1337)) + k
+                seed = base_seed + k
             jobs.append(Job(v, seed, os.fspath(out / "runs" / v.slug / f"seed-{seed}"), config, error))
     return jobs
 

@@ -34,6 +34,8 @@ TIME_SUFFIX = {"s": 1, "m": 60, "min": 60, "h": 3600}
 SHARED_DATA = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.max_mb", "data.split")
 # The budget decides how long each variant trains.
 BUDGET_FIELDS = ("train.max_steps", "train.max_time")
+# Seed k of every variant starts from the same seeds (--seeds repeats them, one apart).
+SEED_FIELDS = ("train.seed", "data.seed")
 
 
 class CompareConfig(StrictConfig):
@@ -186,7 +188,8 @@ def expand(variants: list[dict] | None = None, vary: dict[str, list] | None = No
 def check_fields(variant: Variant, known: dict[str, Any]) -> None:
     """Fail (before anything trains) when an override of ``variant`` names no field: ``known``
     maps each section to its valid field names. Overrides of the shared data and of the budget's
-    fields are refused too, since every variant must read the same data under the same budget."""
+    fields and of the seeds are refused too, since every variant must read the same data, in the
+    same order, from the same seeds, under the same budget."""
     for key in variant.overrides:
         section, _, name = key.partition(".")
         where = f"variant {variant.name!r}"
@@ -200,3 +203,6 @@ def check_fields(variant: Variant, known: dict[str, Any]) -> None:
                              "in the base config")
         if key in BUDGET_FIELDS:
             raise ValueError(f"{where} sets {key}, but the budget decides how long each variant trains")
+        if key in SEED_FIELDS:
+            raise ValueError(f"{where} sets {key}, but every variant trains from the same seeds; set it in the "
+                             "base config (--seeds K repeats each variant from K seeds)")
