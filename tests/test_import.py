@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ["torch._dynamo", "torch._inductor", "transformers", "datasets", "gguf", "huggingface_hub"]
+HEAVY = ["torch._dynamo", "torch._inductor", "transformers", "datasets", "gguf", "huggingface_hub", "fastapi",
+         "uvicorn", "openai"]
 
 
 def test_import_leaves_the_heavy_modules_for_when_they_are_used():

@@ -4,7 +4,7 @@ The names the seed README imports from the top level live here.
 """
 
 from .data import DataConfig, from_binary, from_files, from_hf, from_npy_split, save_binary, tokenize_files
-from .generation import generate, sample_next, stream
+from .inference import generate, sample_next, stream
 from .model import Transformer, TransformerConfig
 from .sft import ChatSession, SFTDataConfig, SFTTrainer, from_sft_files, from_sft_hf, from_sft_json, from_sft_strings
 from .tokenizer import ByteLevelTokenizer, ChatTemplate, HFTokenizer, RustBPETokenizer, load_tokenizer

@@ -82,7 +82,7 @@ def test_bad_command_lines(runs, capsys):
     rc, _, err = run_main(capsys, "eval", "--data", runs / "a.txt")
     assert rc == 2 and "--run RUN" in err
     rc, _, err = run_main(capsys, "eval", "--model", runs / "r300", "--data", runs / "a.txt")
-    assert rc == 2 and "goes with --run" in err
+    assert rc == 2 and "goes to --run" in err
     rc, _, err = run_main(capsys, "eval", "--run", runs / "r300", "--data", runs / "missing.txt")
     assert rc == 2 and "missing.txt" in err
 

@@ -104,7 +104,7 @@ def test_adapter_options_and_registration(setup):
         TTKLM(run=str(tmp / "hf"), pretrianed="x")
     with pytest.raises(ValueError, match="run=PATH"):
         TTKLM()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no run folder, checkpoint"):
         TTKLM(run=str(tmp / "nowhere"))
     with pytest.raises(ValueError, match="at most max_seq=32"):
         TTKLM(model=tiny_model(max_seq=32), tokenizer=tiny_tokenizer(), max_length=64)

@@ -11,7 +11,6 @@ import torch
 
 from transformer_toolkit import Transformer, TransformerConfig
 from transformer_toolkit.evaluation import generate_until, loglikelihoods, rolling_windows
-from transformer_toolkit.evaluation.until import _plan
 
 VARIANTS = {
     "gqa_rope": dict(attn="gqa", n_kv_heads=2),
@@ -104,39 +103,56 @@ def test_rolling_windows_are_lm_evals():
         assert rolling_windows(ids, 7, L) == [(list(a), list(b)) for a, b in theirs]
 
 
-@pytest.mark.parametrize("variant", ["gqa_rope", "alibi", "learned", "moe_ec"])
+def _decode(ids):  # ids as text: "12 7 40"
+    return " ".join(map(str, ids))
+
+
+def _alone(model, prompts, max_new):
+    """Each prompt decoded greedily by itself (the lockstep generate of one row)."""
+    return [model.generate(torch.tensor([p]), max_new=max_new, temperature=0)[0, len(p):].tolist() for p in prompts]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_generate_until_batched_equals_one_at_a_time(variant):
-    """Prompts of different lengths share a batch (the longer ones catch up through decode
-    steps); each reply is the one the prompt gets alone."""
+    """Prompts of any lengths share the batch, each row at its own position, and more prompts
+    than rows wait for a freed slot; each reply is the one the prompt gets alone."""
     model = _model(**VARIANTS[variant])
     rng = random.Random(4)
-    prompts = [[rng.randrange(100) for _ in range(rng.choice([3, 3, 5, 8]))] for _ in range(9)]
-    def decode(ids):  # ids as text: "12 7 40"
-        return " ".join(map(str, ids))
-
-    alone = []
-    for p in prompts:
-        out = model.generate(torch.tensor([p]), max_new=10, temperature=0)[0, len(p):].tolist()
-        alone.append(out)
-    got = generate_until(model, prompts, decode=decode, max_new=10, batch_size=4)
-    assert got == alone
-    if variant != "gqa_rope":
-        return
-    # a stop id ends a row before it; a stop string ends it at the token that completes it
-    stop = alone[0][3]
-    cut = generate_until(model, prompts[:1], decode=decode, max_new=10, stop_ids=[stop])[0]
-    assert cut == alone[0][:alone[0].index(stop)]
-    text_stop = str(alone[1][2])
-    by_text = generate_until(model, prompts[1:2], decode=decode, max_new=10, stop_texts=[text_stop])[0]
-    assert text_stop in decode(by_text) and len(by_text) <= 3
+    prompts = [[rng.randrange(100) for _ in range(rng.choice([1, 3, 5, 8, 13]))] for _ in range(9)]
+    alone = _alone(model, prompts, 10)
+    # stop ids that end rows at different steps: their slots go to the waiting prompts
+    stops = {alone[0][2], alone[3][6]}
+    want = [next((a[:k] for k, t in enumerate(a) if t in stops), a) for a in alone]
+    assert len({len(w) for w in want}) > 1
+    got = generate_until(model, prompts, decode=_decode, max_new=10, stop_ids=sorted(stops), batch_size=4)
+    assert got == want
 
 
-def test_generation_batches_mix_lengths_where_it_pays():
-    # short replies after similar prompts: one batch, the longer prompts catching up
-    assert _plan([3, 3, 5, 8], max_new=10, batch_size=4, catch_up=True) == [range(0, 4)]
-    plan = _plan([3, 3, 5, 8, 9], max_new=10, batch_size=4, catch_up=True)
-    assert [i for b in plan for i in b] == list(range(5)) and max(len(b) for b in plan) <= 4
-    # a prompt far longer than the rest waits for its own batch rather than make the others wait
-    assert _plan([10, 12, 900], max_new=8, batch_size=8, catch_up=True) == [range(0, 2), range(2, 3)]
-    # expert choice (no catch-up): one length per batch
-    assert _plan([3, 3, 5], max_new=10, batch_size=4, catch_up=False) == [range(0, 2), range(2, 3)]
+def test_generate_until_stop_strings_end_each_row_on_its_own():
+    model = _model()
+    rng = random.Random(5)
+    prompts = [[rng.randrange(100) for _ in range(n)] for n in (4, 11, 7)]
+    alone = _alone(model, prompts, 12)
+    text_stop = f" {alone[1][2]} {alone[1][3]}"  # completed by row 1's fourth token
+    got = generate_until(model, prompts, decode=_decode, max_new=12, stop_texts=[text_stop])
+    for a, g in zip(alone, got, strict=True):
+        cut = next((k + 1 for k in range(len(a)) if text_stop in _decode(a[:k + 1])), len(a))
+        assert g == a[:cut]
+    assert len(got[1]) <= 4 < len(alone[1])
+
+
+def test_generate_until_prefills_a_shared_prefix_once():
+    """Prompts that start alike (few-shot examples) prefill only what each adds."""
+    model = _model()
+    rng = random.Random(6)
+    shots = [rng.randrange(100) for _ in range(14)]
+    prompts = [shots + [rng.randrange(100) for _ in range(3)] for _ in range(5)]
+    fed = []
+    hook = model.embed.register_forward_hook(lambda m, args, out: fed.append(args[0].numel()))
+    try:
+        got = generate_until(model, prompts, decode=_decode, max_new=5, batch_size=2)
+    finally:
+        hook.remove()
+    assert got == _alone(model, prompts, 5)
+    prefilled = sum(n for n in fed if n > 2)  # decode steps feed one token per row (at most 2 rows)
+    assert prefilled < sum(len(p) for p in prompts) - 3 * len(shots)

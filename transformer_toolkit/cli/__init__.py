@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", help="user/name")
     p.add_argument("--out", required=True, help="folder to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
+
+    from .serve import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return ap
 
 
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import compare, evaluate, interop, train, use
+        from . import compare, evaluate, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     "compare": lambda: compare.cmd_compare(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
-                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args)}
+                    "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),
+                    "serve": lambda: serve.cmd_serve(args)}
         return handlers[args.command]()
     except (ValueError, FileNotFoundError, ValidationError, ImportError) as e:
         if args.debug:

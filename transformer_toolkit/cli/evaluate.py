@@ -16,16 +16,15 @@ def _tasks(raw: list[str]) -> list[str]:
 
 
 def _load(kind: str, path: str):
-    from ..evaluation.source import load
-    from ..store import PRETRAINED, source_kind
+    """``(model, tokenizer, template)`` of ``--run`` / ``--model`` ``path``, through cli.source, so
+    each flag refuses the other's kind as every command does."""
+    from argparse import Namespace
 
-    found = source_kind(path)
-    if kind == "run" and found in PRETRAINED:
-        raise FileNotFoundError(f"--run {path!r} is a pretrained model, not a run folder; use --model {path}")
-    if kind == "model" and found not in PRETRAINED:
-        raise FileNotFoundError(f"--model {path!r}: not a .gguf file nor a folder with config.json (a run folder "
-                                "goes with --run)")
-    return load(path)
+    from ..evaluation.source import template_of
+    from .source import load_source
+
+    loaded = load_source(Namespace(run=path) if kind == "run" else Namespace(model=path))
+    return loaded.model.eval(), loaded.tokenizer, template_of(loaded)
 
 
 def _evaluate_one(args, kind: str, path: str) -> tuple[dict | None, dict]:

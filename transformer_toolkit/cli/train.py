@@ -153,7 +153,7 @@ def show_samples(model, tok, prompts: list[str], max_new: int = 60) -> None:
     """Print a sampled completion of each prompt (seeded, so a run prints the same text twice)."""
     import torch
 
-    from ..generation import complete
+    from ..inference import complete
 
     g = torch.Generator().manual_seed(0)
     for p in prompts:

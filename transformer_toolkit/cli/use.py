@@ -105,7 +105,7 @@ def cmd_generate(args) -> int:
     """Sample a completion of ``--prompt`` from a run's model."""
     import torch
 
-    from ..generation import complete
+    from ..inference import complete
 
     loaded = load_source(args)
     model, tok = loaded.model, loaded.tokenizer

@@ -14,7 +14,8 @@ requests longer than the model's context keep their last tokens, rolling log-lik
 lm-eval's disjoint windows, and generation stops at EOS (and the chat closer), then is cut at
 the first stop sequence. It is faster because requests sharing a context (multiple-choice
 options) run that context once, the head runs only where log-probabilities are read, and
-generation decodes with a KV cache in batches of equal-length prompts (``scoring.py``, ``until.py``).
+generation runs every prompt on one inference engine, each row at its own position, a finished
+row's slot taken by the next prompt (``scoring.py``, ``until.py``).
 This module imports lm-eval; the rest of the package does not.
 """
 

@@ -1,17 +1,13 @@
 """Generate until a stop sequence, many prompts at a time (lm-eval's ``generate_until``).
 
-Prompts of different lengths share a batch without padding: the batch prefills every prompt's
-first ``L0`` tokens (the shortest prompt's length), then decodes in lockstep, one position per
-step for all rows, and a row whose prompt is longer is fed its own next prompt token until its
-prompt is done (it "catches up") and only then its samples. Every row thus sees exactly its
-prompt and its own tokens at their own positions: its reply is the one it gets alone (the prompt
-tail runs through cached decode steps instead of the prefill, equal to ~1e-6). A catch-up token
-costs more than a prefilled one, so prompts (sorted by length) are cut into batches that minimise
-an estimate of prefill plus step cost (``_plan``): prompts of close lengths share a batch, a far
-longer one gets its own. (Rows decoding at their own positions in one step would batch prompts
-of any length; the model's cached forward takes one position for all rows.) A batch ends when
-every row has produced a stop id (EOS, the chat closer), completed a stop string, or ``max_new``
-tokens.
+The prompts run on one inference ``Engine`` (continuous batching): each prompt is prefilled
+alone into a free cache slot (no padding, whatever the lengths), every decoding row then
+advances one token per step in one forward, each at its own position, and a row that ends
+(a stop id, a completed stop string, ``max_new`` tokens) frees its slot at once for the next
+prompt. Each row thus sees exactly its prompt and its own tokens at their positions: its greedy
+reply is the one it gets decoded alone. Prompts are taken in token order, so prompts that
+start alike (the few-shot examples of a task) follow each other and the engine prefills only
+what a new prompt adds to a prefix that a slot already holds.
 
 >>> replies = generate_until(model, [ids_a, ids_b], decode=tok.decode, stop_texts=["\\n"],
 ...                          stop_ids=[tok.eos_id], max_new=32)              # doctest: +SKIP
@@ -23,13 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..generation import sample_next
+from ..inference import Engine, sample_next
 from ..model.kernels import decode_kernels
-
-# A decode step's cost in prefilled prompt tokens: a fixed part (every weight streamed once) and a
-# part per row (one token through the whole model, less efficiently than in a prefill). Measured
-# on SmolLM2-135M, fp32, one CPU thread: a prompt token 10 ms, a step 240 ms at 1 row, 660 ms at 12.
-STEP_COST, ROW_COST = 24, 4
 
 
 def generate_until(model, prompts: Sequence[Sequence[int]], *, decode: Callable[[list[int]], str],
@@ -38,8 +29,8 @@ def generate_until(model, prompts: Sequence[Sequence[int]], *, decode: Callable[
                    batch_size: int = 16, generator: torch.Generator | None = None) -> list[list[int]]:
     """The new token ids of each prompt: up to ``max_new``, ending before the first stop id
     (which is not included) and no later than the token that completes a stop string (the
-    caller cuts the decoded text at it). ``temperature=0`` is greedy. Every prompt plus
-    ``max_new`` must fit the model's context."""
+    caller cuts the decoded text at it). ``temperature=0`` is greedy. ``batch_size`` rows
+    decode together. Every prompt plus ``max_new`` must fit the model's context."""
     out: list[list[int]] = [[] for _ in prompts]
     if max_new <= 0 or not prompts:
         return out
@@ -47,79 +38,68 @@ def generate_until(model, prompts: Sequence[Sequence[int]], *, decode: Callable[
         if not 0 < len(p) <= model.cfg.max_seq - max_new:
             raise ValueError(f"prompt {i} has {len(p)} tokens: it needs 1 to max_seq - max_new = "
                              f"{model.cfg.max_seq - max_new} (cut it from the left first)")
-    # expert-choice MoE routes a cached step differently from a prefill: there only prompts of
-    # one length share a batch, each prefilled whole
-    catch_up = getattr(model.cfg, "ffn", None) != "moe_ec"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    prompts = [[int(t) for t in p] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])  # shared prefixes side by side
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), decode_kernels(model):
-            for batch in _plan([len(prompts[i]) for i in order], max_new, batch_size, catch_up):
-                rows = [order[j] for j in batch]
-                for i, ids in zip(rows, _one_batch(model, [list(prompts[i]) for i in rows], decode, max_new,
-                                                   {int(t) for t in stop_ids}, stop_texts, temperature, top_k,
-                                                   top_p, generator), strict=True):
-                    out[i] = ids
+            engine = Engine.create(model, slots=max(1, min(batch_size, len(prompts))),
+                                   max_len=max(len(p) for p in prompts) + max_new)
+            rows = _Rows(decode, max_new, {int(t) for t in stop_ids}, stop_texts)
+            _run(engine, [(i, prompts[i]) for i in order], rows, (temperature, top_k, top_p, generator))
     finally:
         model.train(was_training)
+    for i, ids in rows.new.items():
+        out[i] = ids
     return out
 
 
-def _plan(lengths: list[int], max_new: int, batch_size: int, catch_up: bool) -> list[range]:
-    """Cut sorted prompt ``lengths`` into consecutive batches of at most ``batch_size`` that
-    minimise the estimated cost: prefilling each batch's shortest length for every row, plus one
-    step (``STEP_COST + rows * ROW_COST``) per position from there to the longest prompt's end
-    plus ``max_new``. Without ``catch_up`` a batch holds one length only."""
-    n = len(lengths)
-    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j prompts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - batch_size), j):
-            if not catch_up and lengths[i] != lengths[j - 1]:
-                continue
-            rows = j - i
-            cost = rows * lengths[i] + (lengths[j - 1] - lengths[i] + max_new) * (STEP_COST + rows * ROW_COST)
-            if best[i] + cost < best[j]:
-                best[j], cut[j] = best[i] + cost, i
-    batches, j = [], n
-    while j > 0:
-        batches.append(range(cut[j], j))
-        j = cut[j]
-    return batches[::-1]
+class _Rows:
+    """The tokens each request has produced, and when it is done."""
+
+    def __init__(self, decode, max_new: int, stops: set[int], stop_texts: Sequence[str]):
+        self.decode, self.max_new, self.stops = decode, max_new, stops
+        self.stop_texts = [s for s in stop_texts if s]
+        # A stop string that was not there one token ago ends in the newest token's text, so a
+        # tail of the row covers it (every token adds at least a character, or a byte of one).
+        self.tail = max((len(s) for s in self.stop_texts), default=0) + 4
+        self.new: dict[int, list[int]] = {}
+
+    def add(self, i: int, token: int) -> bool:
+        """Record request ``i``'s next token; True when the request is done (and the token,
+        unless it is a stop id, kept)."""
+        if token in self.stops:
+            return True
+        ids = self.new.setdefault(i, [])
+        ids.append(token)
+        if len(ids) == self.max_new:
+            return True
+        return any(s in self.decode(ids[-self.tail:]) for s in self.stop_texts)
 
 
-def _one_batch(model, prompts: list[list[int]], decode, max_new: int, stops: set[int], stop_texts, temperature,
-               top_k, top_p, generator) -> list[list[int]]:
-    device = model.embed.weight.device
-    B, start = len(prompts), min(len(p) for p in prompts)
-    # A stop string that was not there one token ago ends in the newest token's text, so a tail of
-    # the row covers it (every token adds at least a character, or a byte of one).
-    tail = max((len(s) for s in stop_texts), default=0) + 4
-    cache = model.make_cache(B, max_len=max(len(p) for p in prompts) + max_new)
-    logits, _ = model(torch.tensor([p[:start] for p in prompts], device=device), cache=cache, start_pos=0,
-                      logits_to_keep=1)
-    new: list[list[int]] = [[] for _ in prompts]
-    done = [False] * B
-    pos = start  # the position every row's next token takes
-    while True:
-        sampled = sample_next(logits[:, -1], temperature, top_k, top_p, generator).tolist()
-        feed = []
-        for r, p in enumerate(prompts):
-            if pos < len(p):  # still catching up: its own prompt token, whatever was predicted
-                feed.append(p[pos])
-                continue
-            t = sampled[r]
-            feed.append(t)
-            if done[r]:
-                continue
-            if t in stops:
-                done[r] = True
-                continue
-            new[r].append(t)
-            done[r] = len(new[r]) == max_new or bool(stop_texts) and any(
-                s and s in decode(new[r][-tail:]) for s in stop_texts)
-        if all(done):
-            return new
-        logits, _ = model(torch.tensor(feed, device=device)[:, None], cache=cache, start_pos=pos)
-        pos += 1
+def _run(engine: Engine, queue: list[tuple[int, list[int]]], rows: _Rows, sampling: tuple) -> None:
+    """Admit the queued prompts into free slots, decode every active slot one token per step,
+    release each as it ends, until the queue is empty and nothing decodes."""
+    owner: dict[int, int] = {}  # slot -> request index
+    logits: dict[int, torch.Tensor] = {}  # slot -> logits of its next token (V,)
+    queue = queue[::-1]  # popped from the end
+    while queue or logits:
+        while queue and engine.active < engine.slots:
+            i, ids = queue.pop()
+            rows.new[i] = []
+            slot, first, _ = engine.admit(torch.tensor(ids, dtype=torch.long))
+            owner[slot], logits[slot] = i, first
+        slots = list(logits)
+        sampled = sample_next(torch.stack([logits[s] for s in slots]), *sampling).tolist()
+        fed: dict[int, int] = {}
+        for slot, token in zip(slots, sampled, strict=True):
+            if rows.add(owner[slot], token):
+                engine.release(slot)
+            else:
+                fed[slot] = token
+        logits = {}
+        if fed:
+            active = engine.active_slots()  # the order decode takes and returns its rows
+            step = engine.decode(torch.tensor([fed[s] for s in active], dtype=torch.long))
+            logits = {s: step[r] for r, s in enumerate(active)}

@@ -91,8 +91,9 @@ def alibi_slopes(n_heads: int) -> Tensor:
 
 def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """Additive attention bias ``-slope_h * (q_pos - k_pos)``: zero on the diagonal and more
-    negative the further back a key is. Shape ``(H, Tq, Tk)``; causality is masked separately."""
-    dist = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk), >= 0 for visible keys
+    negative the further back a key is. Shape ``(H, Tq, Tk)``, or ``(B, H, Tq, Tk)`` for
+    per-row query positions ``q_pos (B, Tq)``; causality is masked separately."""
+    dist = (q_pos[..., :, None] - k_pos).float().unsqueeze(-3)  # (.., 1, Tq, Tk), >= 0 for visible keys
     return -slopes[:, None, None] * dist
 
 

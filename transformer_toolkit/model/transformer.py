@@ -133,16 +133,21 @@ class Transformer(nn.Module):
         """Context for a cached step whose position is a tensor: keys are the whole cache
         buffer (``cache_len`` slots) and a mask hides the slots after each query. Every shape
         is independent of the position, and nothing reads it on the host, so the step can be
-        captured once in a CUDA graph and replayed at any position. Returns the context and
-        the ``(B, T)`` positions."""
-        positions = (start.reshape(1) + torch.arange(T, device=start.device)).expand(B, T)
+        captured once in a CUDA graph and replayed at any position. ``start`` holds one
+        position (every row there) or one per row (``(B,)``: rows at different positions, as
+        the requests of a continuous batch; the mask and ALiBi bias are then per row).
+        Returns the context and the ``(B, T)`` positions."""
+        per_row = start.numel() > 1
+        q_pos = start.reshape(-1, 1) + torch.arange(T, device=start.device)  # (B or 1, T)
+        positions = q_pos.expand(B, T)
         k_pos = torch.arange(cache_len, device=start.device)
-        visible = k_pos[None, :] <= positions[0][:, None]  # (T, S), True = attend
+        visible = k_pos <= q_pos[..., None]  # (B or 1, T, S), True = attend
+        visible = visible.unsqueeze(1) if per_row else visible[0]  # (B, 1, T, S) or (T, S)
         rope = self.rope(0, T, positions) if self.rope is not None else None
         if self.alibi_slopes is not None:
-            bias = alibi_bias(self.alibi_slopes, positions[0], k_pos).masked_fill(~visible, float("-inf"))
-            return AttnContext(start, rope, bias.unsqueeze(0).to(compute_dtype(self.embed.weight)),
-                               False, True), positions
+            bias = alibi_bias(self.alibi_slopes, q_pos if per_row else q_pos[0], k_pos)
+            bias = bias.masked_fill(~visible, float("-inf")).to(compute_dtype(self.embed.weight))
+            return AttnContext(start, rope, bias if per_row else bias.unsqueeze(0), False, True), positions
         return AttnContext(start, rope, visible, False, True), positions
 
     def _packed_context(self, doc_ids: Tensor) -> tuple[AttnContext, Tensor]:
@@ -173,8 +178,10 @@ class Transformer(nn.Module):
 
         With ``cache`` (from ``make_cache``), the tokens are positions ``start_pos..`` of a
         sequence whose earlier positions are already cached; their keys and values are added.
-        ``start_pos`` may be a long tensor (one element) for a step with position-independent
-        shapes (CUDA graphs); it is not bounds-checked then.
+        ``start_pos`` may be a long tensor for a step with position-independent shapes (CUDA
+        graphs): one element, or one per row (``(B,)``: each row continues its own sequence at
+        its own position, as the requests of a continuous batch do; attention then covers the
+        whole cache buffer, masked per row). It is not bounds-checked then.
         With ``doc_ids`` ``(B, T)`` (packed SFT rows), tokens attend only within their document
         and positions restart at each document (``moe_ec`` still routes over the whole row).
         ``logits_to_keep=n`` (n > 0): logits of the last ``n`` positions only, ``(B, n, vocab)``;
@@ -243,10 +250,10 @@ class Transformer(nn.Module):
                  generator: torch.Generator | None = None, compile: bool = False, prompt_cache=None) -> Tensor:
         """Sample ``max_new`` tokens after ``tokens`` ``(B, T)`` and return ``(B, T + max_new)``
         (shorter only if every row hit one of ``stop_ids``). ``compile=True``: a compiled decode
-        step (faster per token after a one-time compile); ``prompt_cache``: a
-        ``generation.PromptCache`` that lets the next call skip recomputing a shared prompt
-        prefix. See ``transformer_toolkit.generation``."""
-        from ..generation import generate
+        step (faster per token after a one-time compile); ``prompt_cache``: a ``PromptCache``
+        (``transformer_toolkit.inference``) that lets the next call skip recomputing a shared
+        prompt prefix."""
+        from ..inference.decoding import generate
 
         return generate(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
                         prompt_cache)
@@ -256,7 +263,7 @@ class Transformer(nn.Module):
                generator: torch.Generator | None = None, compile: bool = False,
                prompt_cache=None) -> Iterator[Tensor]:
         """Like ``generate`` but yields each new ``(B,)`` token tensor as soon as it is sampled."""
-        from ..generation import stream
+        from ..inference.decoding import stream
 
         return stream(self, tokens, max_new, temperature, top_k, top_p, stop_ids, pad_id, generator, compile,
                       prompt_cache)

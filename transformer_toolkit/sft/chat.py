@@ -10,7 +10,7 @@ The prompt is built exactly as training rendered conversations: the template's t
 assistant header appended, encoded as one string, with the tokenizer's BOS id first when the
 template has one. Generation stops at the assistant closer's special token or EOS.
 
-Each turn reuses the previous turn's KV cache (``generation.PromptCache``): the conversation
+Each turn reuses the previous turn's KV cache (``inference.PromptCache``): the conversation
 so far is re-rendered and re-encoded, but only the tokens after the prefix it shares with what
 was cached (in practice the new question and, where the reply re-encodes differently, the
 reply's tail) go through the model again.
@@ -20,8 +20,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..generation import PromptCache, stream
+from ..inference import PromptCache, TextStream, stream
 from ..tokenizer.templates import ChatTemplate
+
+
+def encode_chat(template: ChatTemplate, tokenizer, messages: list[dict]) -> list[int]:
+    """The prompt ids of ``messages`` plus the assistant header: the template's text encoded as
+    one string (as training rendered it), the tokenizer's BOS id first when the template has one."""
+    text, _ = template.format_messages(messages, add_generation_prompt=True, bos=False)
+    ids = tokenizer.encode(text)
+    bos = getattr(tokenizer, "bos_id", None)
+    if template.bos_token and bos is not None:
+        ids = [bos] + ids
+    return ids
+
+
+def chat_stop_ids(template: ChatTemplate, tokenizer) -> list[int]:
+    """EOS plus the assistant closer's token when it is a single special token."""
+    ids = []
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is not None:
+        ids.append(eos)
+    closer = template.assistant_closer.strip()
+    if closer:
+        enc = tokenizer.encode(closer)
+        if len(enc) == 1:
+            ids.append(enc[0])
+    return ids
 
 
 class ChatSession:
@@ -94,25 +119,11 @@ class ChatSession:
         return ids
 
     def _encode(self, messages: list[dict]) -> list[int]:
-        text, _ = self.template.format_messages(messages, add_generation_prompt=True, bos=False)
-        ids = self.tokenizer.encode(text)
-        bos = getattr(self.tokenizer, "bos_id", None)
-        if self.template.bos_token and bos is not None:
-            ids = [bos] + ids
-        return ids
+        return encode_chat(self.template, self.tokenizer, messages)
 
     def stop_ids(self) -> list[int]:
         """EOS plus the assistant closer's token when it is a single special token."""
-        ids = []
-        eos = getattr(self.tokenizer, "eos_id", None)
-        if eos is not None:
-            ids.append(eos)
-        closer = self.template.assistant_closer.strip()
-        if closer:
-            enc = self.tokenizer.encode(closer)
-            if len(enc) == 1:
-                ids.append(enc[0])
-        return ids
+        return chat_stop_ids(self.template, self.tokenizer)
 
     def ask_stream(self, prompt: str, **overrides) -> Iterator[str]:
         """Yield the reply's text piece by piece; the reply joins the history when done. A reply
@@ -121,28 +132,25 @@ class ChatSession:
         opts = self.defaults | overrides
         ids = self._turn_ids(prompt, opts["max_new"])  # stream puts them on the model's device
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
-        new: list[int] = []
-        shown, finished = "", False
+        # the closer as text too: a byte-level tokenizer spells it in pieces
+        text = TextStream(self.tokenizer, stops=[closer] if closer else [])
+        finished = False
         try:
             for tok in stream(self.model, ids, stop_ids=stops, prompt_cache=self.prompt_cache, **opts):
                 t = int(tok)
                 if t in stops:
                     break
-                new.append(t)
-                text = self.tokenizer.decode(new, skip_special_tokens=False)
-                cut = closer and closer in text  # a closer spelled in pieces (byte-level tokenizers)
-                if cut:
-                    text = text[: text.index(closer)]
-                elif text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                piece, shown = text[len(shown):], text  # `shown` first: the reader may stop at the yield
+                piece = text.push(t)  # `text.text` grows first: the reader may stop at the yield
                 if piece:
                     yield piece
-                if cut:
+                if text.stopped:
                     break
+            piece = text.finish()
+            if piece:
+                yield piece
             finished = True
         finally:
-            reply = shown.strip()
+            reply = text.text.strip()
             if finished or reply:
                 self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
 
