@@ -212,3 +212,27 @@ def test_three_sizes_give_a_scaling_fit_per_family_and_tasks_join_the_table(tmp_
     assert "bpb/bits_per_byte" in header
     for r in rows.values():
         assert r["tasks"]["bpb/bits_per_byte"]["mean"] == pytest.approx(r["bits_per_byte"]["mean"], rel=1e-5)
+
+
+def test_ctrl_c_while_measuring_pauses_and_the_next_run_measures_without_training_again(tmp_path, corpus, capsys,
+                                                                                        monkeypatch):
+    cfg = config(tmp_path, corpus, [{"name": "only", "model.attn": "mqa"}])
+    out = tmp_path / "out"
+    real = R.measure.decode_tokens_per_s
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl+C after training, outside the Trainer's own handler
+
+    monkeypatch.setattr(R.measure, "decode_tokens_per_s", interrupted)
+    rc, stdout, _ = compare(capsys, cfg, out)
+    assert rc == 130 and "paused" in stdout and not (out / "report.md").exists()
+    folder = out / "runs" / "only" / "seed-1337"
+    assert json.loads((folder / R.RESULT).read_text())["status"] == "paused"
+    trained = _final_weights(folder)
+    monkeypatch.setattr(R.measure, "decode_tokens_per_s", real)
+    rc, stdout, _ = compare(capsys, cfg, out)
+    assert rc == 0
+    run = results(out)["runs"][0]
+    assert run["status"] == "done" and run["steps"] == 8 and run["decode_tok_s"] > 0
+    assert [p["step"] for p in run["curve"]] == [2, 4, 6, 8]  # the resume added no second final eval
+    torch.testing.assert_close(_final_weights(folder), trained, rtol=0, atol=0)

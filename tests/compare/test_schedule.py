@@ -39,6 +39,9 @@ def test_two_cpu_workers_run_variants_side_by_side(tmp_path, corpus, capsys):  #
     for par, seq in zip(runs, results(tmp_path / "seq")["runs"], strict=True):
         assert abs(par["val_loss"] - seq["val_loss"]) < 1e-3 * seq["val_loss"]
     assert "Ran 2 at a time on cpu" in (tmp_path / "par" / "report.md").read_text()
+    # run again: the finished runs are reused without starting a worker
+    rc = main(["compare", "--config", str(cfg), "--out", str(tmp_path / "par"), "--parallel", "2"])
+    assert rc == 0 and capsys.readouterr().out.count("finished earlier, reused") == 2
 
 
 def test_torchrun_ranks_split_the_variants_and_rank_0_reports(tmp_path, corpus):  # noqa: F811

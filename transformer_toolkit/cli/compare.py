@@ -174,6 +174,7 @@ def plan(args, overrides: dict):
 def cmd_compare(args, overrides: dict) -> int:
     """Plan, check every variant, tokenise once, train each variant (resuming), write the report."""
     from ..compare import write_report
+    from ..compare.run import finished
     from ..compare.schedule import jobs_of_rank, run_sequential, run_workers, torchrun_rank, wait_for_results
 
     raw, s, variants, run, budget = plan(args, overrides)
@@ -189,6 +190,8 @@ def cmd_compare(args, overrides: dict) -> int:
             time.sleep(2)
         tok, shared = shared_data(run, out, s, budget)
     jobs = jobs_for(raw, variants, s.seeds, out, shared, tok.vocab_size)
+    for job in jobs:  # a finished run of another plan is refused before anything trains
+        finished(job, shared)
     _log(f"compare: {len(variants)} variant(s) x {s.seeds} seed(s), budget {budget} -> {out}")
     started = time.time()
     if ranks:

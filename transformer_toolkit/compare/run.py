@@ -91,27 +91,43 @@ def failed(job: Job, shared: Shared, error: str) -> dict:
     return {**_base_result(job, shared, "failed"), "error": error}
 
 
+def paused(job: Job, shared: Shared, step: int | None) -> dict:
+    return {**_base_result(job, shared, "paused"), "step": step}
+
+
 def first_line(e: BaseException) -> str:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+def finished(job: Job, shared: Shared) -> dict | None:
+    """The job's result when it finished earlier under the same plan (reused as it is), else
+    None. A finished run of another plan is refused, so old and new runs never mix in a report."""
+    done = read_result(job.folder)
+    if not done or done.get("status") != "done":
+        return None
+    if done.get("plan") != _plan_of(job, shared):
+        raise ValueError(f"{job.folder} holds a finished run of another plan (a changed config, budget or task "
+                         "list); use another --out, or delete that folder to train it again")
+    return {**done, "skipped": True}
+
+
 def run_job(job: Job, shared: Shared, device: str | None = None) -> dict:
     """Train and measure one job (or reuse its finished result); returns the result dict with
-    ``status`` "done", "failed" or "paused" (Ctrl+C: pause.pt written, the compare stops)."""
+    ``status`` "done", "failed" or "paused" (Ctrl+C: the Trainer writes pause.pt, or the
+    measurements after training stop; the next run resumes, then measures)."""
+    done = finished(job, shared)
+    if done is not None:
+        return done
     folder = Path(job.folder)
-    done = read_result(folder)
-    if done and done.get("status") == "done":
-        if done.get("plan") != _plan_of(job, shared):
-            raise ValueError(f"{folder} holds a finished run of another plan (a changed config, budget or task "
-                             "list); use another --out, or delete that folder to train it again")
-        return {**done, "skipped": True}
     started = time.time()
     if job.error is not None:
         result = failed(job, shared, job.error)
     else:
         try:
             result = _train_and_measure(job, shared, device)
+        except KeyboardInterrupt:  # outside the Trainer's own handler (while measuring, or not interruptible)
+            result = paused(job, shared, None)
         except Exception as e:  # one variant's failure (a bad value, divergence, out of memory) is reported
             result = failed(job, shared, first_line(e))
     result.update(pid=os.getpid(), started_at=started, finished_at=time.time())
@@ -196,9 +212,9 @@ def _train_and_measure(job: Job, shared: Shared, device: str | None) -> dict:
     measure.reset_peak_memory(dev)
     summary = trainer.train(resume_from="auto" if latest_ckpt(train_cfg.ckpt_dir) else None)
     peak, peak_kind = measure.peak_memory(dev)
-    result = _base_result(job, shared, "paused" if summary["paused"] else "done")
     if summary["paused"]:
-        return {**result, "step": summary["step"]}
+        return paused(job, shared, summary["step"])
+    result = _base_result(job, shared, "done")
     model.eval()
     records = measure.read_metrics(folder)
     tok_s = measure.training_speed(records)

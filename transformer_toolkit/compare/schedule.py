@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
-from .run import RESULT, Job, Shared, failed, read_result, run_job
+from .run import RESULT, Job, Shared, failed, finished, paused, read_result, run_job
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -80,6 +80,12 @@ def run_workers(jobs: list[Job], shared: Shared, devices: list[str],
         while pending or running:
             while pending and free and not stopping:
                 i, job = pending.pop(0)
+                done = finished(job, shared)  # reused without starting a process
+                if done is not None:
+                    results[i] = done
+                    if report:
+                        report(i, job, done)
+                    continue
                 device = free.pop(0)
                 if report:
                     report(i, job, None)
@@ -101,7 +107,7 @@ def run_workers(jobs: list[Job], shared: Shared, devices: list[str],
         # the workers got the same Ctrl+C: each finishes its step and writes pause.pt
         for p, i, job, _, since in running.values():
             p.join()
-            results[i] = _result_of(job, shared, p.exitcode, since)
+            results[i] = fresh_result(job, since) or paused(job, shared, None)
     return [results[i] for i in sorted(results)]
 
 
