@@ -59,3 +59,21 @@ def test_scaling_fits_each_family_over_its_sizes():
     out = scaling(rows)
     assert out["x"]["fit"]["b"] == pytest.approx(0.12, rel=1e-3) and out["x"]["basis"] == "final losses"
     assert "fit" not in out["y"] and len(out["y"]["points"]) == 1
+
+
+def test_equal_compute_sizes_fit_the_lower_envelope_of_their_curves():
+    """Under a FLOPs budget every size ends at the same compute, so the fit runs through the
+    compute-efficient frontier: at each compute, the lowest loss any size had reached."""
+    def curve(offset, flops):
+        return [{"flops": c, "mean": float(power_law(c, 40.0, 0.12, 1.3)) + offset} for c in flops]
+
+    grid = [1e12, 1e13, 1e14, 1e15]
+    rows = []
+    for d, offset in ((16, 0.3), (32, 0.0), (64, 0.2)):  # dim 32 is the best at every compute
+        row = _row(f"x, dim={d}", [curve(offset, grid)[-1]["mean"]], family="x", size={"model.dim": d}, flops=1e15)
+        row["curve"] = curve(offset, grid)
+        rows.append(row)
+    out = scaling(rows)["x"]
+    assert out["basis"] == "lower envelope of the validation curves"
+    assert [p["flops"] for p in out["fit_points"]] == grid  # dim 32's curve: the lowest at each compute
+    assert out["fit"]["b"] == pytest.approx(0.12, rel=1e-3) and out["fit"]["c"] == pytest.approx(1.3, abs=1e-3)
