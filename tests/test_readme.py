@@ -164,7 +164,8 @@ def test_yaml_blocks_are_valid_run_configs():
     blocks = [b for b in readme_blocks() if b.lang == "yaml"]
     assert blocks
     for b in blocks:
-        run = C.resolve(yaml.safe_load(b.code), "train")
+        raw = yaml.safe_load(b.code)
+        run = C.resolve(raw, "dpo" if "dpo" in raw else "train")
         assert run["model"].dim > 0, f"README line {b.line}"
 
 
@@ -188,7 +189,7 @@ def ttk_command_lines() -> list[tuple[int, list[str]]]:
 
 
 def check_parses(argv: list[str]) -> None:
-    """Parse ``argv`` like ``ttk`` does; the dotted overrides of train/sft are validated against
+    """Parse ``argv`` like ``ttk`` does; the dotted overrides of train/sft/dpo/grpo are validated against
     the resolved run config (the same checks as a real run, before any data is read)."""
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
@@ -199,8 +200,9 @@ def check_parses(argv: list[str]) -> None:
         from transformer_toolkit.cli.compare import plan
 
         plan(args, overrides)
-    elif args.command in ("train", "sft"):
-        raw = C.merge(C.read_yaml(args.config or ("sft" if args.command == "sft" else "quickstart")), overrides)
+    elif args.command in ("train", "sft", "dpo", "grpo"):
+        default = {"sft": "sft", "dpo": "dpo", "grpo": "grpo"}.get(args.command, "quickstart")
+        raw = C.merge(C.read_yaml(args.config or default), overrides)
         C.resolve(raw, args.command)
     else:
         assert not overrides, f"ttk {args.command} takes no overrides"
@@ -219,7 +221,7 @@ def test_every_ttk_command_line_parses(tmp_path, monkeypatch):
         except (ValueError, FileNotFoundError) as e:
             pytest.fail(f"README line {line}: ttk {' '.join(argv)}: {e}")
         seen.add(argv[0] if argv else "train")
-    assert {"tokenizer", "prepare", "train", "sft", "generate", "chat", "eval"} <= seen
+    assert {"tokenizer", "prepare", "train", "sft", "dpo", "generate", "chat", "eval"} <= seen
 
 
 def test_inline_ttk_mentions_name_real_commands():

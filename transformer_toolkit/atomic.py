@@ -1,10 +1,20 @@
 """Atomic file writes: a temp file next to the target, then a rename, so a crash never leaves
-half a file where a complete one was (the rename is atomic on one filesystem)."""
+half a file where a complete one was (the rename is atomic on one filesystem). Every write gets
+its own temp name, so two writers of one path never write into the same temp file (each rename
+then installs one writer's complete file). ``exclusive_lock`` keeps a second process out of a
+folder that one is writing (a run folder)."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+try:
+    import fcntl  # POSIX; Windows has none, and there the lock is skipped
+except ImportError:  # pragma: no cover - not on the platforms we test
+    fcntl = None
 
 
 def temp_path_for(path: str | os.PathLike, folder_mode: int = 0o777) -> str:
@@ -34,3 +44,33 @@ def atomic_write_text(path: str | os.PathLike, text: str, private: bool = False)
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+class LockedError(ValueError):
+    """Another process holds the lock (a ValueError, so ``ttk`` reports it in one line)."""
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on the file ``path`` (created when missing) for the block, or
+    raise ``LockedError`` at once naming ``what`` and the holder's pid.
+
+    ``fcntl.flock``: the kernel drops the lock when its holder exits, however it dies (kill -9
+    included), so a stale lock file never blocks a later run; the file itself is left in place.
+    Without ``fcntl`` (Windows) nothing is locked."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise LockedError(f"{what} is in use by another process{f' (pid {holder})' if holder else ''}; "
+                                  "wait for it to finish, or choose another output") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -34,6 +34,8 @@ from .optional import require
 
 # Extensions of pickled weights: loading them can run arbitrary code, so they are never fetched.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# A repo's own Python code (transformers' ``auto_map`` / trust_remote_code): never run, so never fetched.
+CODE_SUFFIXES = (".py", ".pyc")
 # Files a push replaces in the repo: these names are deleted when the new push does not have them.
 PUSHED_FILES = (*MODEL_FILES, "metrics.json", "README.md")
 
@@ -207,10 +209,17 @@ def pull_from_hub(repo_id: str, save_dir: str | os.PathLike = "checkpoints", *, 
     and ``load_tokenizer`` load it).
 
     Pickled files (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are skipped with a warning and
-    a repo holding no safetensors/GGUF weights is refused: unpickling runs arbitrary code. A file
-    name that would land outside ``save_dir`` (absolute, ``..``) fails the whole pull before
-    anything is downloaded. Files arrive in a temporary folder first and move into ``save_dir``
-    only when every download succeeded."""
+    a repo holding no safetensors/GGUF weights is refused: unpickling runs arbitrary code. Python
+    files (a repo's custom model or tokenizer code) are skipped with a warning too: this library
+    never runs a model folder's code. A file name that would land outside ``save_dir`` (absolute,
+    ``..``) fails the whole pull before anything is downloaded. Files arrive in a temporary folder
+    first and move into ``save_dir`` only when every download succeeded.
+
+    Into an existing ``save_dir`` the pull only adds: it never deletes or overwrites what is there.
+    A repo folder such as ``data/`` merges into the user's, a file already there with the same
+    contents stays, and a file that the repo would overwrite with other contents (a run's own
+    ``tokenizer.json``, an earlier pull of another revision) fails the pull with
+    ``convert.files.OutputConflict`` before anything is moved."""
     api = api or _default_api(token)
     names = [n for n in api.list_repo_files(repo_id, revision=revision) if n != ".gitattributes"]
     bad = [n for n in names if not _safe_name(n)]
@@ -221,11 +230,15 @@ def pull_from_hub(repo_id: str, save_dir: str | os.PathLike = "checkpoints", *, 
     if pickles:
         warnings.warn(f"{repo_id}: skipping pickled files {pickles[:5]} (unpickling runs arbitrary code)",
                       RuntimeWarning, stacklevel=2)
-    wanted = [n for n in names if n not in pickles]
+    code = [n for n in names if n.lower().endswith(CODE_SUFFIXES)]
+    if code:
+        warnings.warn(f"{repo_id}: skipping Python files {code[:5]} (transformer-toolkit never runs a model "
+                      "repo's own code; its models and tokenizers load without it)", RuntimeWarning, stacklevel=2)
+    wanted = [n for n in names if n not in pickles and n not in code]
     if not any(n.endswith((".safetensors", ".gguf")) for n in wanted):
         raise ValueError(f"{repo_id} has no safetensors or GGUF weights (files: {names[:8]}); only pickled "
                          "weights, which are never loaded")
-    with staged_folder(save_dir) as tmp:
+    with staged_folder(save_dir, replace=()) as tmp:  # replace nothing of the user's
         for name in wanted:
             got = api.hf_hub_download(repo_id, name, revision=revision, local_dir=tmp)
             expected = os.path.realpath(os.path.join(tmp, *name.split("/")))

@@ -29,9 +29,11 @@ def test_every_recipe_ships():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates_and_builds(path):
-    kind = "sft" if path.stem == "sft" else "train"
+    kind = {"sft": "sft", "sft-hard": "sft", "dpo": "dpo", "grpo": "grpo"}.get(path.stem, "train")
     run = C.resolve(C.read_yaml(path), kind)
     assert isinstance(run["train"], TrainConfig)
+    assert (run["dpo"] is not None) == (kind == "dpo")
+    assert (run["grpo"] is not None) == (kind == "grpo")
     # build the real architecture at a tiny width: every variant string in the recipe must be valid
     tiny = {**run["model_raw"], "dim": 32, "n_layers": 1, "hidden_dim": 64, "vocab_size": 300}
     if "moe_hidden_dim" in tiny:

@@ -203,7 +203,7 @@ def test_config_validation_names_field_and_fix():
         DataConfig(seq_len=0, batch_size=2)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         DataConfig(seq_len=8, batch_size=0)
-    with pytest.raises(ValueError, match="split must be strictly between 0 and 1"):
+    with pytest.raises(ValueError, match=r"split must be in \(0, 1\)"):
         DataConfig(seq_len=8, batch_size=2, split=1.0)
     with pytest.raises(ValueError, match="stride must be >= 1 or None"):
         DataConfig(seq_len=8, batch_size=2, stride=0)

@@ -16,6 +16,10 @@ import torch
 
 from transformer_toolkit import RustBPETokenizer, Transformer, TransformerConfig
 
+# a tiny `ttk train` run: command-line overrides
+TINY = ["--model.dim", "32", "--model.n_layers", "1", "--model.n_heads", "2", "--model.hidden_dim", "64",
+        "--data.seq_len", "32", "--train.max_steps", "2", "--train.eval_every", "2", "--train.eval_iters", "1",
+        "--train.progress", "none", "--train.plot", "false", "--train.interruptible", "false", "--samples"]
 WORDS = "the cat sat on a mat dog ran in park sun was out one two three four five six seven eight".split()
 
 

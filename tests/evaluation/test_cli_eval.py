@@ -12,13 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from eval_helpers import sentence
+from eval_helpers import TINY, sentence
 
 from transformer_toolkit.cli import main
-
-TINY = ["--model.dim", "32", "--model.n_layers", "1", "--model.n_heads", "2", "--model.hidden_dim", "64",
-        "--data.seq_len", "32", "--train.max_steps", "2", "--train.eval_every", "2", "--train.eval_iters", "1",
-        "--train.progress", "none", "--train.plot", "false", "--train.interruptible", "false", "--samples"]
 
 
 def run_main(capsys, *argv):

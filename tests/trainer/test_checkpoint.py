@@ -12,7 +12,8 @@ from transformer_toolkit.trainer import TrainConfig, Trainer, atomic_save, lates
 from transformer_toolkit.trainer import rng as rng_module
 
 KEYS = {"format", "version", "kind", "model", "optimizer", "scaler", "step", "best_val_loss", "val_loss", "elapsed",
-        "model_config", "train_config", "rng", "data", "world_size", "torch_version"}
+        "model_config", "train_config", "data_config", "rng", "data", "world_size", "torch_version", "frozen",
+        "adapter", "extra"}
 
 
 @pytest.fixture

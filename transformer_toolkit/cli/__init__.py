@@ -8,6 +8,7 @@ exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from pydantic import ValidationError
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--out", default="tokenizer.json")
     p.add_argument("--max-mb", type=float, default=12.0, help="size cap of builtin:python-stdlib")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a tokenizer.json")
 
     p = sub.add_parser("prepare", help="tokenise text files into a token file (.bin) and train/val .npy")
     p.add_argument("files", nargs="+", help="text files, or builtin:python-stdlib")
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tokens.bin")
     p.add_argument("--split", type=float, help="also write OUT.train.npy / OUT.val.npy with this train fraction")
     p.add_argument("--max-mb", type=float, default=12.0)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a token file")
 
     p = sub.add_parser("train", help="pretrain a model (no arguments: builtin:python-stdlib, ~4 min on CPU)")
     _run_args(p, "quickstart")
@@ -128,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "instead of from scratch")
     p.add_argument("--model", help="same as --init for a pretrained model (transformers folder, .gguf or Hub id)")
 
+    p = sub.add_parser("dpo", help="preference-tune a model with DPO (no arguments: runs/sft with LoRA on built-in "
+                                   "pairs)")
+    _run_args(p, "dpo")
+    p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, runs/sft)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+
+    p = sub.add_parser("grpo", help="reinforcement learning with verifiable rewards (no arguments: runs/sft-hard on "
+                                    "built-in prompts with exact-match rewards)")
+    _run_args(p, "grpo")
+    p.add_argument("--init", help="the model to tune: a run folder or checkpoint (default: the config's, "
+                                  "runs/sft-hard)")
+    p.add_argument("--model", help="same as --init for a pretrained model (transformers folder or .gguf)")
+
     p = sub.add_parser("generate", help="sample a completion from a run's model or a pretrained one (--model)")
     _gen_args(p, 0.8)
     p.add_argument("--prompt", required=True)
@@ -143,13 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "of one model or several side by side")
     _eval_args(p)
 
-    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp")
+    p = sub.add_parser("export", help="write a model as a transformers folder (hf) or a GGUF file for llama.cpp, "
+                                      "or a LoRA run's adapters (peft, lora-gguf)")
     _source_args(p)
-    p.add_argument("--format", required=True, choices=("hf", "gguf"))
-    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file")
+    p.add_argument("--format", required=True, choices=("hf", "gguf", "peft", "lora-gguf"))
+    p.add_argument("--out", required=True, help="output folder (hf, peft) or .gguf file")
     p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
-                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0")
+                   help="weights: hf f32 (default), f16, bf16; gguf f16 (default), f32, q8_0; lora-gguf f32 "
+                        "(default), f16")
     p.add_argument("--template", help="chat template to store (default: the SFT run's, or the model's own)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not a GGUF file (gguf) or write into a folder that holds "
+                        "files but no model (hf)")
 
     p = sub.add_parser("push", help="upload a model to the Hugging Face Hub (safetensors + metrics + model card)")
     _source_args(p)
@@ -174,6 +195,13 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _os_error(e: OSError) -> str:
+    fix = {errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
+           errno.EROFS: "choose a folder you can write to", errno.ENOSPC: "free some disk space"}.get(e.errno)
+    text = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else _first_line(e)
+    return f"{text}; {fix}" if fix else text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ttk`` and ``python -m transformer_toolkit``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -182,14 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import compare, evaluate, interop, serve, train, use
+        from . import compare, dpo, evaluate, grpo, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
-        if overrides and args.command not in ("train", "sft", "compare"):
+        if overrides and args.command not in ("train", "sft", "dpo", "grpo", "compare"):
             raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
+                    "dpo": lambda: dpo.cmd_dpo(args, overrides), "grpo": lambda: grpo.cmd_grpo(args, overrides),
                     "compare": lambda: compare.cmd_compare(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
@@ -200,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ttk {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: one line too (writes are atomic: nothing was lost)
+        if args.debug:
+            raise
+        print(f"ttk {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -69,7 +69,8 @@ def shared_data(run: dict, out: Path, s, budget):
     from ..data.tokens import token_spec, write_npy
 
     (out / "data").mkdir(parents=True, exist_ok=True)
-    tok, tokens = token_file(run, out)
+    # runs trained with this folder's tokenizer exist: it may not be replaced under them
+    tok, tokens = token_file(run, out, resuming=(out / "runs").is_dir())
     heldout = out / "data" / "heldout.npy"
     if not heldout.is_file():
         write_npy(split_spec(token_spec(tokens), run["data"])[1].open(), heldout)

@@ -1,4 +1,5 @@
-"""Run configs: a YAML file (``name``, ``model:``, ``train:``, ``data:``) plus dotted overrides.
+"""Run configs: a YAML file (``name``, ``init``, ``model:``, ``train:``, ``data:``, and for
+fine-tuning ``lora:``, ``dpo:`` and ``grpo:``) plus dotted overrides.
 
 ``--model.dim 256`` sets ``model: {dim: 256}``; values go through ``yaml.safe_load`` so ``30``
 is an int, ``true`` a bool and ``3e-4`` a float. Every section is validated by its config
@@ -17,14 +18,18 @@ from pydantic import ValidationError
 
 from ..config_base import suggest
 from ..data import DataConfig
+from ..dpo.config import DPOConfig, PreferenceDataConfig
+from ..grpo.config import GRPOConfig, PromptDataConfig
+from ..lora.config import LoRAConfig
 from ..model import TransformerConfig
 from ..sft import SFTDataConfig
+from ..store import runs
 from ..trainer import TrainConfig
 
 # The recipes ship inside the package (package data), so `--config llama-small` works from an
 # installed wheel as well as from a checkout; the repository's recipes/ is a link to this folder.
 RECIPES = resources.files("transformer_toolkit") / "recipes"
-SECTIONS = ("model", "train", "data")
+SECTIONS = ("model", "train", "data", "lora", "dpo", "grpo")
 # compare: the variants, budget and seeds of `ttk compare` (compare.plan.CompareConfig); other
 # commands train the base config and leave it aside
 TOP_LEVEL = ("name", "init") + SECTIONS + ("compare",)
@@ -34,6 +39,12 @@ TOP_LEVEL = ("name", "init") + SECTIONS + ("compare",)
 PRETRAIN_EXTRAS = {"corpus": "builtin:python-stdlib", "tokenizer": None, "vocab_size": 4096, "max_mb": 12.0}
 SFT_EXTRAS = {"corpus": "builtin:synthetic", "tokenizer": None, "vocab_size": 330, "n_samples": 4000,
               "n_eval": 50, "tasks": ["reverse", "add"], "multi_turn": 0.0}
+DPO_EXTRAS = {"corpus": "builtin:synthetic", "n_samples": 1000, "n_eval": 50, "tasks": ["reverse", "add"]}
+GRPO_EXTRAS = {"corpus": "builtin:synthetic", "n_samples": 2000, "n_eval": 100, "tasks": ["add3", "reverse_long"]}
+# kind -> (data extras, data config class, the sections it reads beyond model/train/data)
+KINDS = {"train": (PRETRAIN_EXTRAS, DataConfig, ()), "sft": (SFT_EXTRAS, SFTDataConfig, ("lora",)),
+         "dpo": (DPO_EXTRAS, PreferenceDataConfig, ("lora", "dpo")),
+         "grpo": (GRPO_EXTRAS, PromptDataConfig, ("lora", "grpo"))}
 
 
 def _yaml_value(text: str) -> Any:
@@ -88,10 +99,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
             raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist{suggest(name, names)}; "
                                     f"shipped recipes: {', '.join(names)}")
         p = RECIPES / f"{name}.yaml"
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: a run config must be a mapping with sections {', '.join(SECTIONS)}")
-    return data
+    return runs.check_sections(runs.load_yaml(p.read_text(encoding="utf-8"), p), p, SECTIONS)
 
 
 def merge(raw: dict, overrides: dict[str, Any]) -> dict:
@@ -102,7 +110,11 @@ def merge(raw: dict, overrides: dict[str, Any]) -> dict:
         if head not in SECTIONS:
             raise ValueError(f"unknown config section in --{key}{suggest(head, SECTIONS)}; "
                              f"sections: {', '.join(SECTIONS)}")
-        out.setdefault(head, {})[rest] = value
+        section = out[head] = {} if out.get(head) is None else out[head]
+        if not isinstance(section, dict):
+            raise ValueError(f"--{key}: section {head!r} of the config is {section!r}, not a mapping of "
+                             f"field: value; fix the config file")
+        section[rest] = value
     return out
 
 
@@ -124,27 +136,35 @@ def build(cls, section: str, values: dict):
 
 
 def resolve(raw: dict, kind: str = "train") -> dict:
-    """Validate a raw config; returns ``{"name", "init", "model", "train", "data", "extras"}``
-    with config objects for model (vocab_size left to the tokenizer when absent), train and data."""
+    """Validate a raw config; returns ``{"name", "init", "model", "train", "data", "extras", "lora",
+    "dpo"}`` with config objects for model (vocab_size left to the tokenizer when absent), train,
+    data, and lora / dpo (None when absent; ``lora: {r: 0}`` turns LoRA off)."""
     for k in raw:
         if k not in TOP_LEVEL:
             raise ValueError(f"unknown top-level key {k!r}{suggest(k, TOP_LEVEL)}; keys: {', '.join(TOP_LEVEL)}")
     for s in SECTIONS:
         if not isinstance(raw.get(s) or {}, dict):
             raise ValueError(f"section {s!r} must be a mapping of field: value")
-    extras_default, data_cls = (SFT_EXTRAS, SFTDataConfig) if kind == "sft" else (PRETRAIN_EXTRAS, DataConfig)
+    extras_default, data_cls, extra_sections = KINDS[kind]
+    for s in ("lora", "dpo", "grpo"):
+        if raw.get(s) and s not in extra_sections:
+            users = [f"ttk {k}" for k, v in KINDS.items() if s in v[2]]
+            who = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 2 else users)
+            raise ValueError(f"section {s!r} is for {who}, not ttk {kind}")
+    lora = dict(raw.get("lora") or {})
     data = dict(raw.get("data") or {})
     extras = {k: data.pop(k, v) for k, v in extras_default.items()}
     valid = list(extras_default) + [f for f in data_cls.model_fields if f != "tokenizer"]
     for k in data:
         if k not in valid:
             raise ValueError(f"data: unknown field {k!r}{suggest(k, valid)}")
-    data.setdefault("seq_len", 128)
+    if "seq_len" in data_cls.model_fields:  # prompt loaders have none: the model's max_seq bounds a row
+        data.setdefault("seq_len", 128)
     data.setdefault("batch_size", 16)
     model = dict(raw.get("model") or {})
-    model.setdefault("max_seq", data["seq_len"])
+    model.setdefault("max_seq", data.get("seq_len", 128))
     return {
-        "name": str(raw.get("name") or ("sft" if kind == "sft" else "quickstart")),
+        "name": str(raw.get("name") or ("quickstart" if kind == "train" else kind)),
         "init": raw.get("init"),
         # built now (with a stand-in vocab_size) so a typo fails before any data is read
         "model": build(TransformerConfig, "model", {"vocab_size": 512, **model}),
@@ -152,6 +172,9 @@ def resolve(raw: dict, kind: str = "train") -> dict:
         "train": build(TrainConfig, "train", raw.get("train") or {}),
         "data": build(data_cls, "data", data),
         "extras": extras,
+        "lora": build(LoRAConfig, "lora", lora) if lora and lora.get("r") != 0 else None,
+        "dpo": build(DPOConfig, "dpo", raw.get("dpo") or {}) if kind == "dpo" else None,
+        "grpo": build(GRPOConfig, "grpo", raw.get("grpo") or {}) if kind == "grpo" else None,
     }
 
 
@@ -162,6 +185,10 @@ def model_config(run: dict, vocab_size: int) -> TransformerConfig:
 
 def resolved_dict(run: dict, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict:
     """The config.yaml of a run folder: every field filled in."""
-    return {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-            "data": {**run["extras"], **run["data"].to_dict()}}
+    out = {"name": run["name"], "init": run["init"], "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+           "data": {**run["extras"], **run["data"].to_dict()}}
+    for s in ("lora", "dpo", "grpo"):
+        if run.get(s) is not None:
+            out[s] = run[s].to_dict()
+    return out
 

@@ -85,6 +85,10 @@ def cmd_eval(args) -> int:
     for f in args.data:
         if not Path(f).is_file():
             raise FileNotFoundError(f"--data {f!r} does not exist")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1 (tokens per window), got {args.seq_len}")
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     several = len(args.sources) > 1
     figures, results = {}, {}
     for kind, path in args.sources:

@@ -11,16 +11,43 @@ import copy
 from contextlib import contextmanager
 
 from ..store import runs
+from .outputs import check_output, is_gguf, is_model_folder
 from .source import load_source
 
 HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 
 
+def _export_adapter(args) -> int:
+    """A LoRA run's adapters alone: a PEFT folder or a llama.cpp LoRA GGUF (for the base's own export)."""
+    from ..lora import adapters, save_gguf_adapter, save_peft
+
+    if not args.run:
+        raise ValueError(f"--format {args.format} exports the adapters of a LoRA run: give --run RUN")
+    model = load_source(args, merged=False).model
+    if not adapters(model):
+        raise ValueError(f"{args.run} is not a LoRA run (no adapters); export its model with --format hf or gguf")
+    if args.format == "peft":
+        save_peft(model, args.out)
+    else:
+        save_gguf_adapter(model, args.out, dtype=args.dtype or "f32")
+    print(f"export: {args.format} adapter -> {args.out} (for the base {model.adapter_info['base']})")
+    return 0
+
+
 def cmd_export(args) -> int:
-    """Write a run's (or a pretrained model's) model as a transformers folder or a GGUF file."""
+    """Write a run's (or a pretrained model's) model as a transformers folder or a GGUF file, or a
+    LoRA run's adapters as a PEFT folder or a llama.cpp LoRA GGUF."""
     import torch
 
+    source = [args.run or args.model]
+    if args.format in ("hf", "peft"):
+        check_output(args.out, source, f"a {'model' if args.format == 'hf' else 'PEFT adapter'} folder", folder=True,
+                     looks_like=is_model_folder, force=args.force)
+    else:
+        check_output(args.out, source, "a GGUF file", looks_like=is_gguf, force=args.force)
+    if args.format in ("peft", "lora-gguf"):
+        return _export_adapter(args)
     loaded = load_source(args)
     model, tok = loaded.model, loaded.tokenizer
     template = args.template or loaded.template  # None keeps a pretrained tokenizer's own

@@ -13,8 +13,9 @@ from ..store import CHECKPOINT, PRETRAINED, RUN, Loaded, load, source_kind
 from ..store.load import HUB_ID
 
 
-def load_source(args) -> Loaded:
-    """The model, tokenizer and chat template of ``--run`` or ``--model``."""
+def load_source(args, merged: bool = True) -> Loaded:
+    """The model, tokenizer and chat template of ``--run`` or ``--model`` (a LoRA run's adapters
+    merged into the weights; ``merged=False`` keeps them as adapters)."""
     if getattr(args, "model", None):
         kind = source_kind(args.model)
         if kind in (RUN, CHECKPOINT) or (kind is None and not HUB_ID.fullmatch(str(args.model))):
@@ -26,7 +27,7 @@ def load_source(args) -> Loaded:
         raise FileNotFoundError(f"--run {args.run!r} is a pretrained model, not a run folder; use --model {args.run}")
     if kind is None:
         raise FileNotFoundError(f"--run {str(args.run)!r}: no checkpoint or run folder there; check the path")
-    return load(args.run)
+    return load(args.run, merged=merged)
 
 
 def chat_template(loaded: Loaded, chosen=None):

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from ..store import runs
-from ..store.checkpoint import latest_ckpt
 from . import config as C
+from . import runfolder as R
 from .builtin import corpus_files, read_texts
+from .outputs import check_output, is_npy, is_token_file, is_tokenizer_json
 
 TOKEN_SUFFIXES = (".bin", ".npy")
 
@@ -19,10 +20,13 @@ def cmd_tokenizer(args) -> int:
     from ..tokenizer import RustBPETokenizer
 
     paths = [p for f in args.files for p in corpus_files(f, args.max_mb)]
-    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tok.save(args.out)
-    print(f"tokenizer: vocab {tok.vocab_size} from {len(paths)} file(s) -> {args.out}")
+    out = Path(args.out) / runs.TOKENIZER if Path(args.out).is_dir() else Path(args.out)
+    check_output(out, paths, "a tokenizer.json", looks_like=is_tokenizer_json, force=args.force)
+    size = sum(os.path.getsize(p) for p in paths)  # caps a --vocab-size the corpus cannot fill
+    tok = RustBPETokenizer().train(read_texts(paths), vocab_size=args.vocab_size, corpus_bytes=size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    print(f"tokenizer: vocab {tok.vocab_size} from {len(paths)} file(s) -> {out}")
     return 0
 
 
@@ -31,13 +35,17 @@ def cmd_prepare(args) -> int:
     from ..data import DataConfig, from_binary, tokenize_files
     from ..tokenizer import load_tokenizer
 
-    tok = load_tokenizer(args.tokenizer)
     paths = [p for f in args.files for p in corpus_files(f, args.max_mb)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    stem = os.path.splitext(args.out)[0]
+    outputs = {args.out: ("a token file", is_token_file)}
+    if args.split is not None:
+        outputs |= {f"{stem}.{part}.npy": ("a .npy token file", is_npy) for part in ("train", "val")}
+    for out, (what, looks_like) in outputs.items():
+        check_output(out, [*paths, args.tokenizer], what, looks_like=looks_like, force=args.force)
+    tok = load_tokenizer(args.tokenizer)
     n = tokenize_files(paths, tok, args.out, bos_id=tok.bos_id, eos_id=tok.eos_id)
     print(f"prepare: {n:,} tokens from {len(paths)} file(s) -> {args.out}")
     if args.split is not None:
-        stem = os.path.splitext(args.out)[0]
         # seq_len/batch_size do not matter for the split itself, only the train fraction does
         from_binary(args.out, DataConfig(seq_len=1, batch_size=1, split=args.split),
                     train_path=f"{stem}.train.npy", val_path=f"{stem}.val.npy")
@@ -45,33 +53,13 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def run_folder(args, run: dict) -> Path:
-    out = Path(args.out or os.path.join("runs", run["name"]))
-    runs.checkpoint_dir(out).mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def resume_target(args, ckpt_dir: Path):
-    """None (fresh), "auto" or a checkpoint path, from ``--resume``."""
-    has_ckpt = latest_ckpt(ckpt_dir) is not None
-    if args.resume == "none":
-        if has_ckpt:
-            raise ValueError(f"{ckpt_dir.parent} already holds checkpoints; use --resume auto to continue it, "
-                             "or another --out")
-        return None
-    if args.resume == "auto":
-        return "auto" if has_ckpt else None
-    if not os.path.isfile(args.resume):
-        raise FileNotFoundError(f"--resume {args.resume!r}: no such checkpoint")
-    return args.resume
-
-
-def tokenizer_for(run: dict, out: Path, texts):
-    """The run's tokenizer: out/tokenizer.json when resuming, data.tokenizer when given, else trained."""
+def tokenizer_for(run: dict, out: Path, texts, wanted: dict, resuming: bool):
+    """The run's tokenizer: out/tokenizer.json when it was made from ``wanted`` (see
+    runfolder.reusable), else data.tokenizer when given, else one trained on ``texts()``."""
     from ..tokenizer import RustBPETokenizer, load_tokenizer
 
     saved = out / runs.TOKENIZER
-    if saved.is_file():
+    if R.reusable(out, runs.TOKENIZER, wanted, resuming):
         return load_tokenizer(saved)
     given = run["extras"]["tokenizer"]
     if given:
@@ -81,66 +69,74 @@ def tokenizer_for(run: dict, out: Path, texts):
         tok = RustBPETokenizer().train(texts(), vocab_size=int(run["extras"]["vocab_size"]))
         print(f"tokenizer: trained BPE, vocab {tok.vocab_size} ({time.time() - t0:.0f}s)")
     tok.save(str(saved))
+    runs.record_made_from(out, runs.TOKENIZER, wanted)
     return tok
 
 
-def pretrain_loaders(run: dict, out: Path):
-    """(tokenizer, train_dl, val_dl); text corpora are tokenised once into out/data/tokens.bin."""
+def pretrain_loaders(run: dict, out: Path, resuming: bool):
+    """(tokenizer, train_dl, val_dl); text corpora are tokenised once into out/data/tokens.bin
+    (again when the corpus or the tokenizer changed since)."""
     from ..data import from_binary
 
-    tok, tokens = token_file(run, out)
+    tok, tokens = token_file(run, out, resuming)
     train_dl, val_dl = from_binary(tokens, run["data"], tokenizer=tok)
     return tok, train_dl, val_dl
 
 
-def token_file(run: dict, out: Path):
+def token_file(run: dict, out: Path, resuming: bool):
     """(tokenizer, token file): data.corpus itself when it is a token file, else the text
-    corpus tokenised once into out/data/tokens.bin (with a tokenizer trained when none is given)."""
+    corpus tokenised once into out/data/tokens.bin (again when the corpus or the tokenizer
+    changed since), with a tokenizer trained when none is given. ``resuming``: checkpoints
+    trained with out's tokenizer exist, so it may not be replaced."""
     from ..data import tokenize_files
+    from ..tokenizer import load_tokenizer
 
-    corpus, max_mb = run["extras"]["corpus"], float(run["extras"]["max_mb"])
+    ex = run["extras"]
+    corpus, max_mb, given = ex["corpus"], float(ex["max_mb"]), ex["tokenizer"]
+    tok_from = {"tokenizer": os.path.abspath(given), "digest": R.input_digest(given)} if given else None
     if isinstance(corpus, str) and corpus.endswith(TOKEN_SUFFIXES):
         if not os.path.isfile(corpus):
             raise FileNotFoundError(f"data.corpus token file {corpus!r} does not exist")
-        if not run["extras"]["tokenizer"] and not (out / runs.TOKENIZER).is_file():
+        if not given and not (out / runs.TOKENIZER).is_file():
             raise ValueError("data.corpus is a token file: set data.tokenizer to the tokenizer that made it")
-        tok, tokens = tokenizer_for(run, out, None), corpus
+        if given:
+            tok = tokenizer_for(run, out, None, tok_from, resuming)
+        else:  # the folder's own tokenizer, the one a rerun's token file was made with
+            tok = load_tokenizer(out / runs.TOKENIZER)
+        tokens = corpus
     else:
         paths = corpus_files(corpus, max_mb)
-        tok = tokenizer_for(run, out, lambda: read_texts(paths))
+        texts = {"corpus": corpus, **R.files_record(paths), "vocab_size": int(ex["vocab_size"])}
+        tok = tokenizer_for(run, out, lambda: read_texts(paths), tok_from or texts, resuming)
         tokens = out / "data" / "tokens.bin"
-        if not tokens.is_file():
+        tokens_from = {"corpus": corpus, **R.files_record(paths), "tokenizer": R.input_digest(out / runs.TOKENIZER)}
+        if not R.reusable(out, "data/tokens.bin", tokens_from, resuming=False):
             tokens.parent.mkdir(exist_ok=True)
             t0 = time.time()
             n = tokenize_files(paths, tok, tokens, bos_id=tok.bos_id, eos_id=tok.eos_id)
+            runs.record_made_from(out, "data/tokens.bin", tokens_from)
             print(f"prepare: {n:,} tokens from {len(paths)} file(s) ({time.time() - t0:.0f}s)")
     return tok, tokens
 
 
-def train_config(run: dict, out: Path):
-    """TrainConfig with checkpoints in out/checkpoints and logs in out."""
-    return C.build(type(run["train"]), "train",
-                   {**run["train"].to_dict(), "ckpt_dir": str(runs.checkpoint_dir(out)), "log_dir": str(out)})
-
-
 def cmd_train(args, overrides: dict) -> int:
     """Pretrain: tokenizer -> token file -> model -> run folder; then print a few samples."""
+    import torch
+
     from ..model import Transformer
     from ..trainer import Trainer
 
-    raw = C.merge(C.read_yaml(args.config) if args.config else C.read_yaml("quickstart"), overrides)
-    if args.name:
-        raw["name"] = args.name
-    run = C.resolve(raw, "train")
-    out = run_folder(args, run)
-    resume = resume_target(args, runs.checkpoint_dir(out))
-    tok, train_dl, val_dl = pretrain_loaders(run, out)
-    model_cfg = C.model_config(run, tok.vocab_size)
-    train_cfg = train_config(run, out)
-    runs.write_config(C.resolved_dict(run, model_cfg, train_cfg), out)
-    model = Transformer(model_cfg)
-    t0 = time.time()
-    summary = Trainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok).train(resume_from=resume)
+    with R.open_run(args, overrides, "train", "quickstart") as (run, _, out):
+        resume = R.resume_target(args, runs.checkpoint_dir(out))
+        tok, train_dl, val_dl = pretrain_loaders(run, out, resuming=resume is not None)
+        model_cfg = C.model_config(run, tok.vocab_size)
+        train_cfg = R.train_config(run, out)
+        torch.manual_seed(train_cfg.seed)  # the initial weights are part of what a seed reproduces
+        model = Transformer(model_cfg)
+        t0 = time.time()
+        trainer = Trainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok,
+                          data_config=R.data_settings(run))
+        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model_cfg, train_cfg))
     val = summary.get("best_val_loss")
     print(f"train: step {summary['step']}, best val loss {val if val is None else round(val, 4)}, "
           f"{time.time() - t0:.0f}s -> {out}")

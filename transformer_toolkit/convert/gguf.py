@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import numpy as np
 import torch
 
 from ..atomic import temp_path_for
 from ..model.config import TransformerConfig
-from ..model.loading import empty_transformer
+from ..model.loading import check_context, check_layers, empty_transformer, expected_shapes
 from ..model.transformer import Transformer
 from ..optional import require
 from ..tokenizer.hf import HFTokenizer
@@ -33,6 +34,7 @@ from .gguf_vocab import build_tokenizer, read_vocab, vocab_metadata, write_vocab
 from .hf_io import as_template, check_vocab
 
 ARCHES = ("llama", "qwen2", "gpt2")
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 def _gguf():
@@ -239,12 +241,15 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overr
     tensors = {t.name: t for t in reader.tensors}
     if _field(reader.fields, "general.architecture") == "gpt2":
         return _load_gpt2(path, reader.fields, tensors, dtype, overrides)
-    cfg = gguf_config(reader.fields, tensors)
+    try:
+        cfg = gguf_config(reader.fields, tensors)
+    except (TypeError, ZeroDivisionError, IndexError) as e:  # a value of the wrong type, a zero head count
+        raise ValueError(f"{path}: its metadata is damaged ({type(e).__name__}: {e})") from None
     if overrides:
         cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
     arch = _field(reader.fields, "general.architecture")
-    model = empty_transformer(cfg)  # every weight is loaded below (strict)
-    expected = model.state_dict()
+    _check_header(cfg, tensors, path, arch)
+    expected = expected_shapes(cfg)  # on the meta device: the header is checked before anything is allocated
     wanted = {gguf_name(k): k for k in expected if not (k == "head.weight" and cfg.tie_weights)}
     extra, missing = sorted(set(tensors) - set(wanted)), sorted(set(wanted) - set(tensors))
     if extra or missing:
@@ -252,13 +257,15 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None, **overr
                          f"{', '.join(extra[:5]) or '-'}; missing: {', '.join(missing[:5]) or '-'})")
     check_types(tensors.values())
     shapes = {name: tuple(int(n) for n in reversed(tensors[name].shape)) for name in wanted}  # rows first
-    bad = [f"{name} {shapes[name]} (expected {tuple(expected[key].shape)})"
-           for name, key in wanted.items() if shapes[name] != expected[key].shape]
+    bad = [f"{name} {shapes[name]} (expected {tuple(expected[key])})"
+           for name, key in wanted.items() if shapes[name] != expected[key]]
     if bad:
         raise ValueError(f"{path}: tensor shapes do not match its {arch} metadata: {'; '.join(bad[:3])}")
     # Every weight is decoded straight into its parameter (the state dict's tensors share their
     # storage), one at a time: the float32 model plus one tensor in memory, not the model twice.
     # The names were checked to cover every parameter (a tied head is the embedding itself).
+    model = empty_transformer(cfg)
+    expected = model.state_dict()
     with torch.no_grad():
         for name, key in wanted.items():
             t = decode(tensors[name])
@@ -273,6 +280,10 @@ def _load_gpt2(path, fields: dict, tensors: dict, dtype, overrides: dict) -> Tra
     """``load_gguf`` for llama.cpp's gpt2: names checked against the metadata, types before any
     decoding, then the transformers GPT-2 mapping (fillers dropped); shapes checked by the load."""
     _, a = _arch_fields(fields, tensors)
+    layers = _layer_numbers(tensors)
+    if a("block_count") != len(layers):  # before listing the names a block count implies
+        raise ValueError(f"{path}: its gpt2 metadata gives {a('block_count'):,} blocks but the file holds "
+                         f"{len(layers):,}; the file is damaged or incomplete")
     wanted = gguf_gpt2.expected_names(a("block_count"), "output.weight" not in tensors)
     extra, missing = sorted(set(tensors) - wanted), sorted(wanted - set(tensors))
     if extra or missing:
@@ -282,6 +293,7 @@ def _load_gpt2(path, fields: dict, tensors: dict, dtype, overrides: dict) -> Tra
     cfg, view = gguf_gpt2.config(a, tensors, decode, _f32)
     if overrides:
         cfg = TransformerConfig(**{**cfg.to_dict(), **overrides})
+    check_context(cfg, path, "gpt2 metadata")
     sd = gguf_gpt2.state_dict(view, cfg)
     rows = sd["pos.weight"].shape[0] if "pos.weight" in sd else cfg.max_seq
     if rows < cfg.max_seq:
@@ -297,6 +309,17 @@ def _load_gpt2(path, fields: dict, tensors: dict, dtype, overrides: dict) -> Tra
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def _layer_numbers(tensors: dict) -> set[int]:
+    return {int(m.group(1)) for name in tensors if (m := _BLOCK.match(name))}
+
+
+def _check_header(cfg: TransformerConfig, tensors: dict, path, arch: str) -> None:
+    """The context and block count of the metadata, against the tensors the file holds: a
+    damaged header (``block_count = 100000``) must not build 100,000 blocks to find out."""
+    check_context(cfg, os.fspath(path), f"{arch} metadata")
+    check_layers(cfg, _layer_numbers(tensors), os.fspath(path), f"{arch} metadata")
 
 
 def gguf_chat_template(path: str | os.PathLike) -> str | None:

@@ -14,6 +14,7 @@ orders and format versions 2 and 3 are read; anything else raises ``ValueError``
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -29,6 +30,7 @@ STRING, ARRAY = 8, 9
 # string, array, uint64, int64, float64)
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 DEFAULT_ALIGNMENT = 32
+HEADER_BYTES = 24  # magic, version, tensor count, metadata count
 # element types whose data GGUFReader gives as numbers; every other type as raw bytes
 NUMERIC_TENSORS = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int8, "I16": np.int16,
                    "I32": np.int32, "I64": np.int64}
@@ -83,7 +85,11 @@ class _Cursor:
         if len(raw) != n:
             self.many("B", n)  # raises the truncation error
         self.at += n
-        return raw.decode("utf-8")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: the GGUF string at byte {self.at - n} is not UTF-8 (a damaged file); "
+                             "download or export it again") from None
 
     def value(self, vtype: int) -> Any:
         if vtype == STRING:
@@ -116,6 +122,9 @@ class GGUFFile:
         buf = self._map
         if buf[:4] != MAGIC:
             raise ValueError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
+        if len(buf) < HEADER_BYTES:
+            raise ValueError(f"{path} is {len(buf)} bytes, too short for a GGUF header ({HEADER_BYTES} bytes): a "
+                             "truncated file; download or export it again")
         order = "<" if struct.unpack_from("<I", buf, 4)[0] in VERSIONS else ">"
         cur = _Cursor(buf, order, path)
         cur.at = 4
@@ -135,7 +144,10 @@ class GGUFFile:
             dims = cur.many("Q", cur.take("I"))
             table.append((name, dims, cur.take("I"), cur.take("Q")))
         align = self.fields.get("general.alignment")
-        align = int(align.value) if align is not None else DEFAULT_ALIGNMENT
+        align = align.value if align is not None else DEFAULT_ALIGNMENT
+        if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ValueError(f"{path}: general.alignment = {align!r} is not a positive power of two (GGUF files "
+                             f"use {DEFAULT_ALIGNMENT}); the file is damaged")
         start = cur.at + (-cur.at % align)
         self.tensors: list[Tensor] = []
         seen = set()
@@ -150,7 +162,7 @@ class GGUFFile:
                 raise ValueError(f"{path}: tensor {name} has type id {raw_type}, which the installed gguf package "
                                  "does not know; upgrade it (pip install -U gguf) or re-quantise the file with "
                                  "llama.cpp's llama-quantize") from None
-            n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+            n = math.prod(dims)  # Python ints: a damaged header cannot overflow them
             n_bytes = n * size // block
             shape = tuple(reversed(dims))
             if kind.name in NUMERIC_TENSORS:

@@ -76,7 +76,9 @@ def from_config(d: dict) -> TransformerConfig:
 
 
 def _sinusoidal(cfg: TransformerConfig, rows: int, dtype: torch.dtype) -> Tensor:
-    return SinusoidalPE(cfg.dim, rows, rms=cfg.init_std).pe.to(dtype)  # what our model adds
+    table = SinusoidalPE(cfg.dim, rows, rms=cfg.init_std)
+    table.ensure(rows)  # the whole table (a model builds its rows as it uses them)
+    return table.pe.to(dtype)  # what our model adds
 
 
 def to_weights(sd: dict[str, Tensor], cfg: TransformerConfig) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from ..model.loading import empty_transformer
+from ..model.loading import check_context, check_weights, empty_transformer
 from ..model.transformer import Transformer
 from ..optional import require
 from .files import read_json, staged_folder, write_json
@@ -53,6 +53,11 @@ def stop_ids(tokenizer, template, eos: int | None) -> list[int]:
 
 
 def check_vocab(model: Transformer, tokenizer) -> None:
+    """Before any export: the tokenizer fits the model, and no LoRA adapter is left in it (the
+    exporters write the base weights' keys only, so an adapter would be dropped silently)."""
+    if any(k.endswith((".lora_A", ".lora_B")) for k in model.state_dict()):
+        raise ValueError("the model has LoRA adapters; export transformer_toolkit.lora.merge_and_unload(model) "
+                         "(the adapted model), or the adapter alone with lora.save_peft / lora.save_gguf_adapter")
     if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{model.cfg.vocab_size}; export the tokenizer the model was trained with")
@@ -125,7 +130,7 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     st = safetensors_torch()
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
-        return st.load_file(single)
+        return _load_safetensors(st, single)
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         files = sorted(set(read_json(index)["weight_map"].values()))
@@ -137,8 +142,20 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
                                 "unpickling runs arbitrary code)")
     out: dict[str, torch.Tensor] = {}
     for f in files:
-        out.update(st.load_file(f))
+        out.update(_load_safetensors(st, f))
     return out
+
+
+def _load_safetensors(st, path: str) -> dict[str, torch.Tensor]:
+    """One safetensors file; ValueError naming it when it is missing, truncated or damaged."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing (the folder's index lists it); download the folder again")
+    try:
+        return st.load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is not a readable safetensors file ({first}); it is truncated or damaged: "
+                         "download or export it again") from None
 
 
 def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> Transformer:
@@ -152,30 +169,35 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, *
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder (a training run "
                                 "folder or .pt checkpoint loads with Transformer.from_checkpoint)")
-    family, cfg = from_hf_config(read_json(cfg_path), max_seq=overrides.get("max_seq"))
+    family, cfg = _config(cfg_path, overrides.get("max_seq"))
     hf = read_weights(path)
     cfg = drop_fillers(family, cfg, hf)
     if overrides:
         cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
+    check_context(cfg, path, "config.json")
     sd = from_hf(hf, family, cfg.n_layers, cfg.tie_weights, cfg)
     if "pos.weight" in sd and sd["pos.weight"].shape[0] != cfg.max_seq:
         if cfg.max_seq > sd["pos.weight"].shape[0]:
             raise ValueError(f"max_seq={cfg.max_seq} is longer than the checkpoint's {sd['pos.weight'].shape[0]} "
                              "learned positions")
         sd["pos.weight"] = sd["pos.weight"][: cfg.max_seq]
+    # names, shapes, layer count and dtypes against config.json, before the model is allocated
+    check_weights(cfg, sd, path, f"{family} config")
     model = empty_transformer(cfg)  # every weight is loaded below (strict)
-    _check_keys(set(model.state_dict()), set(sd), family)
     model.load_state_dict(sd, strict=True)  # copies into the fp32 parameters
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
 
 
-def _check_keys(expected: set[str], got: set[str], family: str) -> None:
-    """The weights must be exactly those of the config: an extra bias or a missing norm means
-    config.json does not describe the checkpoint, and loading anyway would change the model."""
-    extra, missing = sorted(got - expected), sorted(expected - got)
-    if extra or missing:
-        parts = ([f"not in the {family} config: {', '.join(extra[:5])}"] if extra else []) + \
-                ([f"missing from the checkpoint: {', '.join(missing[:5])}"] if missing else [])
-        raise ValueError(f"checkpoint weights do not match its config.json ({'; '.join(parts)})")
+def _config(cfg_path: str, max_seq: int | None):
+    """``(family, TransformerConfig)`` of a config.json; a missing or mistyped field is a
+    ValueError naming the file, not a KeyError or TypeError."""
+    d = read_json(cfg_path)
+    try:
+        return from_hf_config(d, max_seq=max_seq)
+    except KeyError as e:
+        raise ValueError(f"{cfg_path} lacks the field {e}; the file is incomplete or not a transformers "
+                         "config") from None
+    except TypeError as e:
+        raise ValueError(f"{cfg_path} has a field of the wrong type ({e}); the file is damaged") from None

@@ -14,7 +14,7 @@ import os
 import torch
 
 from ..model.config import TransformerConfig
-from ..model.loading import empty_transformer
+from ..model.loading import check_weights, empty_transformer
 from ..model.transformer import Transformer
 from .files import read_json, staged_folder, write_json
 from .hf_io import as_template, check_vocab, read_weights, safetensors_torch, special_ids, write_tokenizer
@@ -57,9 +57,13 @@ def load_native(path: str | os.PathLike, dtype: torch.dtype | None = None, **ove
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: native format version {version!r} is not supported (this library reads "
                          f"version {FORMAT_VERSION}); upgrade transformer-toolkit")
+    if not isinstance(d.get("transformer_config"), dict):
+        raise ValueError(f"{path}/config.json has no transformer_config object; the file is damaged")
     cfg = TransformerConfig.from_dict({**d["transformer_config"], **overrides})
+    weights = read_weights(path)
+    check_weights(cfg, weights, path, "config.json", optional=("head.weight",) if cfg.tie_weights else ())
     model = empty_transformer(cfg)  # every weight is loaded below (strict)
-    model.load_state_dict(read_weights(path), strict=True)  # a missing tied head is filled from the embedding
+    model.load_state_dict(weights, strict=True)  # a missing tied head is filled from the embedding
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

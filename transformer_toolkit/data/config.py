@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
-
 from ..config_base import StrictConfig
 
 
@@ -33,24 +31,12 @@ class DataConfig(StrictConfig):
     seed: int = 0
     drop_last: bool = True
 
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {self.seq_len}; it is the number of tokens per sample")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 < self.split < 1.0:
-            raise ValueError(f"split must be strictly between 0 and 1 (the train fraction), got {self.split}; "
-                             "e.g. split=0.9 keeps 90% of the tokens for training and 10% for validation")
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"stride must be >= 1 or None (= seq_len, non-overlapping windows), got {self.stride}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
-        if self.debug_n < 1:
-            raise ValueError(f"debug_n must be >= 1 (samples shown when debug=True), got {self.debug_n}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        return self
+    RANGES = {"seq_len": {"ge": 1, "hint": " (the number of tokens per sample)"}, "batch_size": {"ge": 1},
+              "split": {"gt": 0, "lt": 1, "hint": " (the train fraction: split=0.9 keeps 90% of the "
+                                                 "tokens for training and 10% for validation)"},
+              "stride": {"ge": 1, "hint": " or None (= seq_len, non-overlapping windows)"},
+              "num_workers": {"ge": 0, "hint": " (0 = load in the main process)"},
+              "debug_n": {"ge": 1, "hint": " (samples shown when debug=True)"}, "seed": {"ge": 0}}
 
     @property
     def window_stride(self) -> int:

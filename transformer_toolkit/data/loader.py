@@ -66,6 +66,11 @@ class TokenWindows(Dataset):
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"window index out of range [0, {len(self)})")
         rows = self.tokens[(idx * self.stride)[:, None] + self._offsets]  # [B, seq_len + 1]
+        if self.spec.max_id is not None and rows.size and int(rows.max()) > self.spec.max_id:
+            # the vocabulary check trusted the header's max_id instead of scanning the file
+            raise ValueError(f"{self.spec.path!r} holds token id {int(rows.max())} although its header says "
+                             f"the largest is {self.spec.max_id}: the file is damaged or was not written by "
+                             "save_binary; tokenize the text again (ttk prepare)")
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 

@@ -4,11 +4,12 @@ model registered, e.g.
     python -m transformer_toolkit.evaluation --model ttk --model_args run=runs/sft \\
         --tasks hellaswag --include_path my_tasks/ --output_path results/
 
-Why not plain ``lm_eval --model ttk``: lm-eval 0.4.13 finds models only in its own registry, which
-its command line fills before any outside code runs (no entry-point plugins; the only hooks a
-package could use are a ``.pth`` file or ``sitecustomize``, which run code in every Python
-process). This entry point is that command line, one import later. In Python,
-``import transformer_toolkit.evaluation.harness`` registers ``ttk`` for ``lm_eval.simple_evaluate``.
+``lm_eval --model ttk`` works as well once the package is installed: lm-eval 0.4.13 discovers no
+plugins, so the install adds ``transformer_toolkit_lm_eval.pth``, which registers ``ttk`` when
+lm-eval loads its models (see ``transformer_toolkit_lm_eval.py``). This entry point does the same
+without that file: for ``python -S``, a copy of the sources on ``PYTHONPATH`` that was never
+installed, or ``TTK_LM_EVAL_HOOK=0``. In Python, ``import transformer_toolkit.evaluation.harness``
+registers ``ttk`` for ``lm_eval.simple_evaluate``.
 """
 
 from __future__ import annotations

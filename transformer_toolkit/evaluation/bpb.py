@@ -107,8 +107,9 @@ def score_file(model, tokenizer, path: str | os.PathLike, *, max_len: int | None
         from ..data.tokens import open_tokens
 
         ids = open_tokens(path)[:max_tokens]
-        if len(ids) and int(ids.max()) >= tokenizer.vocab_size:
-            raise ValueError(f"{path} holds token id {int(ids.max())}, outside this tokenizer's vocabulary "
+        bad = [i for i in ((int(ids.min()), int(ids.max())) if len(ids) else ()) if not 0 <= i < tokenizer.vocab_size]
+        if bad:
+            raise ValueError(f"{path} holds token id {bad[0]}, outside this tokenizer's vocabulary "
                              f"({tokenizer.vocab_size}); it was made with another tokenizer")
         return score_tokens(model, tokenizer, ids.tolist(), max_len=max_len)
     return score_text(model, tokenizer, path.read_text(encoding="utf-8", errors="replace"), max_len=max_len,

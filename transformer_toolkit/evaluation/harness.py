@@ -3,9 +3,9 @@
 >>> lm = TTKLM(run="runs/sft")                                  # doctest: +SKIP
 >>> lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])      # doctest: +SKIP
 
-or ``python -m transformer_toolkit.evaluation --model ttk --model_args run=runs/sft --tasks ...``
-(lm-eval's own command line with this model registered; ``lm_eval`` 0.4.13 has no plugin
-discovery, see ``evaluation/__main__.py``), or ``ttk eval --run runs/sft --tasks ...``.
+or ``lm_eval --model ttk --model_args run=runs/sft --tasks ...`` (registered by the installed
+``transformer_toolkit_lm_eval.pth``; ``python -m transformer_toolkit.evaluation`` is the same
+command line without it), or ``ttk eval --run runs/sft --tasks ...``.
 
 Numbers equal lm-eval's ``hf`` model on the same weights (``tests/evaluation/test_harness.py``
 runs both): texts are encoded like ``HFLM`` does (``TemplateLM._encode_pair`` moves a context's

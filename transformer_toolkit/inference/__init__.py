@@ -18,8 +18,8 @@ from .engine import Engine
 from .prompt_cache import PromptCache
 from .sampling import SamplingParams, sample_next
 from .steps import CompiledStep, EagerStep, GraphStep, compiled_cache_len
-from .text import TextStream, complete, heal_trailing_space
+from .text import TextStream, check_text, complete, heal_trailing_space
 
 __all__ = ["Engine", "generate", "stream", "PromptCache", "SamplingParams", "sample_next",
            "CompiledStep", "EagerStep", "GraphStep", "compiled_cache_len", "TextStream", "complete",
-           "heal_trailing_space"]
+           "check_text", "heal_trailing_space"]

@@ -11,7 +11,9 @@ knows, on the host, how many positions each row holds and which token ids they a
   tokens is admitted into it and prefills only the rest (a chat's next turn; requests sharing a
   system prompt). Not for ``moe_ec`` models, whose expert choice routes over the whole prompt;
 - **decode a batch in lockstep** (``generate``): ``start_all`` / ``restart_all`` prefill every
-  row at one position, which lets a compiled or CUDA-graph step (fixed shapes) run the steps.
+  row at one position, which lets a compiled or CUDA-graph step (fixed shapes) run the steps;
+- **sample groups** (``sample_groups``, GRPO rollouts): ``start_groups`` prefills each prompt
+  once and copies its keys and values to the rows of its group.
 
 The active slots always occupy the first rows of the cache (``release`` swaps the last active
 row into the hole), so a step runs over one contiguous view of the cache and never gathers it.
@@ -202,3 +204,37 @@ class Engine:
         """Prefill every slot afresh from position 0 with ``window`` ``(slots, T)`` (a window
         that slid past the context); returns the logits ``(slots, V)``."""
         return self._prefill(0, self.slots, window, 0)
+
+    # groups: several completions per prompt (GRPO rollouts) ----------------------------------
+    def start_groups(self, prompts: list[Tensor], group: int) -> Tensor:
+        """Prefill each of ``prompts`` (1-D ids, any lengths) once and copy its cached keys and
+        values to ``group`` rows: prompt ``p`` fills rows ``p * group ... (p + 1) * group - 1``,
+        every slot decoding from then on at its prompt's length. Returns the logits of each row's
+        next token ``(slots, V)``.
+
+        The prompts go through one forward, right-padded to the longest: causal attention keeps
+        each real position from seeing the padding after it, so the logits at a prompt's last
+        token are exact, and the padded positions a row holds past its length are masked until
+        its own decode steps overwrite them. One forward whatever the lengths also keeps the
+        ranks of an FSDP run in step (each forward gathers the sharded weights)."""
+        P = len(prompts)
+        if P * group != self.slots:
+            raise ValueError(f"{P} prompts x group {group} != the engine's {self.slots} slots")
+        lengths = [int(p.shape[0]) for p in prompts]
+        T = max(lengths)
+        if min(lengths) < 1 or T > self.max_len:
+            raise ValueError(f"prompt lengths {min(lengths)}..{T} must be in [1, {self.max_len}] (the slot size)")
+        window = torch.zeros(P, T, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            window[i, :lengths[i]] = p.to(self.device)
+        logits, _ = self.model(window, cache=self._rows(0, P), start_pos=0)  # (P, T, V)
+        last = torch.tensor(lengths, device=self.device) - 1
+        logits = logits[torch.arange(P, device=self.device), last]  # (P, V)
+        src = torch.arange(P, device=self.device).repeat_interleave(group)  # row -> its prompt's row
+        for layer in self.cache:
+            for buf in layer.buffers:
+                buf[..., :T, :] = buf[src, ..., :T, :]  # the right side is a copy (advanced indexing)
+        self.tokens[:, :T] = window[src]
+        self.lengths = [lengths[r // group] for r in range(self.slots)]
+        self.active = self.slots
+        return logits[src]

@@ -7,7 +7,9 @@ independent requests with their own settings and random generators (a continuous
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -24,11 +26,12 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        # written so that NaN fails too (every comparison with NaN is False)
+        if not (isinstance(self.temperature, Real) and 0 <= self.temperature < math.inf):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and not (isinstance(self.top_k, Integral) and self.top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, or None for no limit; got {self.top_k}")
+        if self.top_p is not None and not (isinstance(self.top_p, Real) and 0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property

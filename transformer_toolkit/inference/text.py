@@ -10,11 +10,12 @@ while the decoded text ends in half a character (U+FFFD), so a stream never spli
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from numbers import Integral
 
 import torch
 
 from .decoding import generate
-from .sampling import sample_next
+from .sampling import SamplingParams, sample
 
 
 class TextStream:
@@ -77,6 +78,21 @@ class TextStream:
         return out
 
 
+def check_text(text: str, what: str = "prompt") -> None:
+    """ValueError unless ``text`` is a string of real characters. A lone surrogate cannot be
+    encoded: it is what a command line turns a byte that is not UTF-8 into (``$'\\xff'``), or what
+    a JSON ``"\\ud800"`` escape decodes to, and the tokenizer would fail on it with a TypeError."""
+    if not isinstance(text, str):
+        raise ValueError(f"the {what} must be text (str), got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        raw = f" (the byte 0x{ord(bad) - 0xDC00:02x}, which is not UTF-8)" if 0xDC80 <= ord(bad) <= 0xDCFF else ""
+        raise ValueError(f"the {what} is not valid text: character {e.start} is a lone surrogate "
+                         f"U+{ord(bad):04X}{raw}; give UTF-8 text") from None
+
+
 def heal_trailing_space(tokenizer, prompt: str) -> tuple[list[int], list[int] | None]:
     """The ids to condition on for a text prompt, and the ids allowed as the first new token.
 
@@ -101,7 +117,12 @@ def complete(model, tokenizer, prompt: str, max_new: int = 100, temperature: flo
              top_k: int | None = None, top_p: float | None = None, stop_ids: Iterable[int] | None = None,
              generator: torch.Generator | None = None, compile: bool = False) -> str:
     """The prompt's text followed by a sampled completion (``heal_trailing_space`` applied;
-    ``compile`` as in ``generate``)."""
+    ``compile`` as in ``generate``). Every setting is checked before anything runs: the first
+    token of a healed prompt is sampled here, not by ``generate``."""
+    params = SamplingParams(temperature, top_k, top_p)
+    if not isinstance(max_new, Integral) or max_new < 0:
+        raise ValueError(f"max_new must be an integer >= 0, got {max_new}")
+    check_text(prompt)
     ids, allowed = heal_trailing_space(tokenizer, prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give some text")
@@ -116,7 +137,7 @@ def complete(model, tokenizer, prompt: str, max_new: int = 100, temperature: flo
             model.train(was_training)
         keep = torch.full_like(logits[0, -1], float("-inf"))
         keep[allowed] = 0.0
-        first = sample_next((logits[:, -1] + keep).float(), temperature, top_k, top_p, generator)
+        first = sample((logits[:, -1] + keep).float(), params, generator)
         x, max_new = torch.cat([x, first]), max_new - 1
         if stop_ids is not None and int(first) in set(stop_ids):
             max_new = 0

@@ -21,13 +21,22 @@ import warnings
 
 from pydantic import model_validator
 
-from ..config_base import StrictConfig, check_choice
+from ..config_base import StrictConfig, check_choice, check_ranges
 from .variant_fields import IgnoredFieldWarning, ignored_fields
 from .variants import ATTENTION, FFN, GELU, MOE, NORM, POS_ENC
 
 # the valid names of each variant field: those of the registries the model is built from
 ATTN_KINDS, FFN_KINDS, MOE_KINDS = tuple(ATTENTION), tuple(FFN), tuple(MOE)
 NORM_KINDS, POS_KINDS, GELU_KINDS = tuple(NORM), tuple(POS_ENC), tuple(GELU)
+
+# the ranges of the fields a variant may ignore: checked once ignored ones hold their defaults,
+# so a value meant for another variant is ignored (with the warning), never an error
+VARIANT_RANGES = {"n_kv_heads": {"ge": 1}, "latent_dim": {"ge": 1, "hint": " for attn='mla'"},
+                  "q_latent_dim": {"ge": 1, "hint": " or None (full rank) for attn='mla'"},
+                  "rope_theta": {"gt": 0, "hint": " for pos_enc='rope'"}, "n_experts": {"ge": 1}, "top_k": {"ge": 1},
+                  "moe_hidden_dim": {"ge": 1, "hint": " or None (= hidden_dim)"}, "moe_aux_weight": {"ge": 0},
+                  "moe_capacity": {"gt": 0, "hint": " for ffn='moe_ec'"}, "moe_n_shared": {"ge": 0},
+                  "moe_n_routed": {"ge": 1, "hint": " or None (= n_experts - moe_n_shared)"}}
 
 
 class TransformerConfig(StrictConfig):
@@ -86,6 +95,11 @@ class TransformerConfig(StrictConfig):
     qkv_bias: bool = False  # biases on the q/k/v projections only (Qwen2 style)
     init_std: float = 0.02
 
+    RANGES = {**{n: {"ge": 1} for n in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq")},
+              "head_dim": {"ge": 1, "hint": " or None (= dim // n_heads)"},
+              "hidden_dim": {"ge": 1, "hint": " or None (= 4 * dim)"},
+              "dropout": {"ge": 0, "lt": 1}, "eps": {"gt": 0}, "init_std": {"gt": 0}}
+
     @model_validator(mode="after")
     def _validate(self) -> TransformerConfig:
         check_choice("attn", self.attn, ATTN_KINDS)
@@ -93,13 +107,6 @@ class TransformerConfig(StrictConfig):
         check_choice("norm", self.norm, NORM_KINDS)
         check_choice("pos_enc", self.pos_enc, POS_KINDS)
         check_choice("gelu", self.gelu, GELU_KINDS)
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
 
         if self.head_dim is None:
             if self.dim % self.n_heads:
@@ -112,6 +119,7 @@ class TransformerConfig(StrictConfig):
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
 
         given = self._drop_ignored()
+        check_ranges(self, VARIANT_RANGES)
         self._resolve_kv_heads()
         if self.attn == "mla":
             self._resolve_mla()
@@ -158,10 +166,6 @@ class TransformerConfig(StrictConfig):
                              f"Pick n_kv_heads from the divisors of {h}")
 
     def _resolve_mla(self) -> None:
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1 for attn='mla', got {self.latent_dim}")
-        if self.q_latent_dim is not None and self.q_latent_dim < 1:
-            raise ValueError(f"q_latent_dim must be >= 1 or None, got {self.q_latent_dim}")
         if self.pos_enc != "rope":
             self.rope_head_dim = 0  # no rope part (an explicit value was dropped as ignored)
             return
@@ -171,12 +175,8 @@ class TransformerConfig(StrictConfig):
             raise ValueError(f"rope_head_dim must be even and >= 2 for MLA with RoPE, got {self.rope_head_dim}")
 
     def _resolve_moe(self) -> None:
-        if self.n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got {self.n_experts}")
         if self.moe_hidden_dim is None:
             self.moe_hidden_dim = self.hidden_dim
-        if self.moe_aux_weight < 0:
-            raise ValueError(f"moe_aux_weight must be >= 0, got {self.moe_aux_weight}")
         if self.ffn == "moe_shared":
             if not 0 <= self.moe_n_shared < self.n_experts:
                 raise ValueError(f"moe_n_shared must be in [0, n_experts={self.n_experts}), "
@@ -194,8 +194,6 @@ class TransformerConfig(StrictConfig):
         if not 1 <= self.top_k <= routed:
             what = "moe_n_routed" if self.ffn == "moe_shared" else "n_experts"
             raise ValueError(f"top_k must be between 1 and {what} ({routed}), got {self.top_k}")
-        if self.ffn == "moe_ec" and self.moe_capacity <= 0:
-            raise ValueError(f"moe_capacity must be > 0 for ffn='moe_ec', got {self.moe_capacity}")
 
     @property
     def is_moe(self) -> bool:

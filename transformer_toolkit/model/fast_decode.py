@@ -59,12 +59,15 @@ def _untracked(params) -> bool:
 
 def weights_stamp(model: nn.Module) -> tuple | None:
     """A value that changes whenever any parameter of ``model`` is replaced or updated in place
-    (an optimiser step, ``load_state_dict``, ``.to()``); None when that cannot be told
-    (``_untracked``). Callers then recompute instead of reusing."""
+    (an optimiser step, ``load_state_dict``, ``.to()``) or an adapter is switched on or off;
+    None when that cannot be told (``_untracked``). Callers then recompute instead of reusing."""
     params = list(model.parameters())
     if _untracked(params):
         return None
-    return (id(model),) + tuple((*_stamp(p), p.dtype) for p in params)
+    # modules that can change the function without touching a weight: LoRA adapters switched
+    # off (``lora.disabled``) say so through ``adapted()``
+    switches = tuple(m.adapted() for m in model.modules() if callable(getattr(m, "adapted", None)))
+    return (id(model), switches) + tuple((*_stamp(p), p.dtype) for p in params)
 
 
 def _pack(weight: Tensor) -> Tensor | None:

@@ -88,7 +88,9 @@ class MLAttention(nn.Module):
     def _absorbed(self, q_nope, q_rope, c, k_rope, ctx) -> Tensor:
         """Decode path: attend over the latent directly (one shared kv head of width L + r)."""
         H, hd, L = self.n_heads, self.head_dim, self.latent_dim
-        w = self.kv_b_proj.weight.view(H, 2 * hd, L)
+        # a LoRA-adapted projection (transformer_toolkit.lora) gives its weight with the update added
+        weight = getattr(self.kv_b_proj, "effective_weight", None)
+        w = (weight() if weight is not None else self.kv_b_proj.weight).view(H, 2 * hd, L)
         w_uk, w_uv = w[:, :hd], w[:, hd:]  # (H, hd, L) each
         q_lat = torch.einsum("bhtd,hdl->bhtl", q_nope, w_uk.to(q_nope.dtype))  # (B, H, T, L)
         q = torch.cat([q_lat, q_rope], dim=-1)  # (B, H, T, L + r)

@@ -38,14 +38,20 @@ class Experts(nn.Module):
 
     def grouped(self, x: Tensor, offs: Tensor) -> Tensor:
         """x: (N, dim) rows sorted by expert, ``offs`` the cumulative row count per expert."""
-        h = F.silu(grouped_mm(x, self.gate_proj.transpose(1, 2), offs)) * grouped_mm(
-            x, self.up_proj.transpose(1, 2), offs)
-        return grouped_mm(h, self.down_proj.transpose(1, 2), offs)
+        h = F.silu(self.project("gate_proj", x, offs)) * self.project("up_proj", x, offs)
+        return self.project("down_proj", h, offs)
 
     def batched(self, x: Tensor) -> Tensor:
         """x: (n, C, dim), C rows for every expert."""
-        h = F.silu(torch.bmm(x, self.gate_proj.transpose(1, 2))) * torch.bmm(x, self.up_proj.transpose(1, 2))
-        return torch.bmm(h, self.down_proj.transpose(1, 2))
+        h = F.silu(self.project("gate_proj", x)) * self.project("up_proj", x)
+        return self.project("down_proj", h)
+
+    def project(self, name: str, x: Tensor, offs: Tensor | None = None) -> Tensor:
+        """One stacked projection: rows of ``x`` sorted by expert (``offs`` given, grouped matmul)
+        or ``(n, C, in)`` (one batched matmul). The one place a LoRA adapter hooks in
+        (``transformer_toolkit.lora``)."""
+        w = getattr(self, name).transpose(1, 2)  # (n, in, out)
+        return torch.bmm(x, w) if offs is None else grouped_mm(x, w, offs)
 
 
 def dispatch_topk(x: Tensor, probs: Tensor, k: int, normalize: bool, experts: Experts) -> tuple[Tensor, Tensor]:

@@ -17,34 +17,55 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+# Rows of a RoPE or sinusoidal table built with the model. Longer tables are built when a
+# forward or a cache first reaches further (``ensure``), so a model whose config allows a long
+# context (a GGUF file saying 131,072, or 2^31) costs memory only for the positions it uses.
+# Each row is a function of its position alone, so a table grown later holds the same values.
+INITIAL_ROWS = 4096
+
+
+def _grown(rows: int, needed: int, limit: int) -> int:
+    """Rows to build when ``needed`` positions are asked of a table of ``rows``: at least
+    double, so a sequence growing one token at a time rebuilds it only log(n) times."""
+    return min(limit, max(needed, 2 * rows))
+
 
 class RotaryEmbedding(nn.Module):
     """RoPE tables (Su et al. 2021, https://arxiv.org/abs/2104.09864) in the ``rotate_half``
     layout used by HF Llama: the first half of each head's dims pairs with the second half.
-    cos/sin are float32 buffers of shape ``(max_seq, rot_dim)`` regardless of the model dtype;
-    ``sin`` carries the rotation's sign (``-sin`` on the first half, see ``apply_rope``).
+    cos/sin are float32 buffers of shape ``(rows, rot_dim)`` regardless of the model dtype, for
+    positions ``0..rows-1`` (``rows`` grows to at most ``max_seq`` as positions are used, see
+    ``INITIAL_ROWS``); ``sin`` carries the rotation's sign (``-sin`` on the first half, see
+    ``apply_rope``).
     """
 
     def __init__(self, rot_dim: int, max_seq: int, theta: float = 10000.0):
         super().__init__()
         self.rot_dim, self.max_seq, self.theta = rot_dim, max_seq, theta
-        cos, sin = self._tables()
+        cos, sin = self._tables(min(max_seq, INITIAL_ROWS))
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def _tables(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    def _tables(self, rows: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.rot_dim, 2, device=device,
                                                        dtype=torch.float64) / self.rot_dim))
-        t = torch.arange(self.max_seq, device=device, dtype=torch.float64)
-        freqs = torch.outer(t, inv_freq)  # (max_seq, rot_dim/2)
-        cos = torch.cat([freqs.cos(), freqs.cos()], dim=-1)  # (max_seq, rot_dim)
+        t = torch.arange(rows, device=device, dtype=torch.float64)
+        freqs = torch.outer(t, inv_freq)  # (rows, rot_dim/2)
+        cos = torch.cat([freqs.cos(), freqs.cos()], dim=-1)  # (rows, rot_dim)
         sin = torch.cat([-freqs.sin(), freqs.sin()], dim=-1)  # signed: see apply_rope
         return cos.float(), sin.float()
 
-    def reset_tables(self) -> None:
-        """Recompute the tables in float32 (after ``model.to(dtype)`` or loading on meta)."""
-        cos, sin = self._tables(self.cos.device)
+    def reset_tables(self, rows: int | None = None) -> None:
+        """Recompute the tables in float32 (after ``model.to(dtype)`` or loading on meta), for
+        ``rows`` positions (default: as many as now)."""
+        with torch.inference_mode(False):  # plain tensors: training may follow a generate
+            cos, sin = self._tables(rows or self.cos.shape[0], self.cos.device)
         self.cos, self.sin = cos, sin
+
+    def ensure(self, n: int) -> None:
+        """Tables for positions ``0..n-1`` at least (``n <= max_seq``)."""
+        if n > self.cos.shape[0]:
+            self.reset_tables(_grown(self.cos.shape[0], n, self.max_seq))
 
     def _apply(self, fn, recurse=True):
         # keep the tables float32 when the model is cast to half precision
@@ -55,7 +76,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, start: int, length: int, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """cos, sin for absolute positions ``start .. start+length-1`` (shape ``(T, rot_dim)``),
-        or for an explicit ``positions`` tensor ``(B, T)`` (shape ``(B, 1, T, rot_dim)``)."""
+        or for an explicit ``positions`` tensor ``(B, T)`` (shape ``(B, 1, T, rot_dim)``; the
+        caller has ``ensure``d the tables cover them)."""
         if positions is not None:
             return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         return self.cos[start:start + length], self.sin[start:start + length]
@@ -108,12 +130,23 @@ class SinusoidalPE(nn.Module):
 
     def __init__(self, dim: int, max_seq: int, rms: float = 1 / math.sqrt(2)):
         super().__init__()
-        pos = torch.arange(max_seq, dtype=torch.float64)[:, None]
-        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(max_seq, dim, dtype=torch.float64)
+        self.dim, self.max_seq, self.rms = dim, max_seq, rms
+        self.register_buffer("pe", self._table(min(max_seq, INITIAL_ROWS)), persistent=False)
+
+    def _table(self, rows: int, device: torch.device | None = None) -> Tensor:
+        pos = torch.arange(rows, dtype=torch.float64, device=device)[:, None]
+        div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float64, device=device)
+                        * (-math.log(10000.0) / self.dim))
+        pe = torch.zeros(rows, self.dim, dtype=torch.float64, device=device)
         pe[:, 0::2] = torch.sin(pos * div)
-        pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-        self.register_buffer("pe", (pe * rms * math.sqrt(2)).float(), persistent=False)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : self.dim // 2]
+        return (pe * self.rms * math.sqrt(2)).float()
+
+    def ensure(self, n: int) -> None:
+        """The table for positions ``0..n-1`` at least (``n <= max_seq``; see ``INITIAL_ROWS``)."""
+        if n > self.pe.shape[0]:
+            with torch.inference_mode(False):
+                self.pe = self._table(_grown(self.pe.shape[0], n, self.max_seq), self.pe.device).to(self.pe.dtype)
 
     def forward(self, start: int, length: int, positions: Tensor | None = None) -> Tensor:
         return self.pe[positions] if positions is not None else self.pe[start:start + length]

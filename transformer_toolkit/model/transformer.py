@@ -199,6 +199,7 @@ class Transformer(nn.Module):
             raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {logits_to_keep}")
         if doc_ids is not None and (cache is not None or static or start_pos):
             raise ValueError("doc_ids (packed rows) is for training and scoring full rows, not for cached decoding")
+        self.ensure_positions(cache[0].max_len if static else start_pos + T)
         x = self.embed(tokens)  # (B, T, dim)
         if doc_ids is not None:
             ctx, positions = self._packed_context(doc_ids.to(tokens.device))
@@ -236,11 +237,19 @@ class Transformer(nn.Module):
         aux_loss = aux_total / n_aux if n_aux else torch.zeros((), device=tokens.device)
         return logits, aux_loss
 
+    def ensure_positions(self, n: int) -> None:
+        """Build the RoPE or sinusoidal tables for positions ``0..n-1`` if they are not yet
+        (they grow on demand: see ``position.INITIAL_ROWS``)."""
+        for table in (self.rope, self.pos):
+            if table is not None and hasattr(table, "ensure"):
+                table.ensure(min(n, self.cfg.max_seq))
+
     # inference ----------------------------------------------------------------------------
     def make_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                    device: torch.device | str | None = None) -> list[LayerCache]:
         """One pre-allocated cache per layer for ``batch`` sequences of up to ``max_len`` tokens."""
         max_len = max_len or self.cfg.max_seq
+        self.ensure_positions(max_len)  # here, not in a compiled or captured step that uses the cache
         dtype = dtype or self.embed.weight.dtype
         device = device or self.embed.weight.device
         return [LayerCache(b.attn.cache_shapes(batch, max_len), dtype, device) for b in self.blocks]

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..inference import SamplingParams
+from ..inference import SamplingParams, check_text
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias", "response_format", "suffix",
@@ -64,7 +64,7 @@ def _get(body: dict, name: str, kinds: tuple, default=None):
 
 def _ranged(body: dict, name: str, lo: float, hi: float | None, default, integer: bool = False):
     value = _get(body, name, (int,) if integer else (int, float), default)
-    if value is not None and (value < lo or (hi is not None and value > hi)):
+    if value is not None and not (lo <= value and (hi is None or value <= hi)):  # NaN fails too
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise ApiError(400, f"'{name}' must be {bound}, got {value}", name)
     return value
@@ -115,7 +115,20 @@ def _common(body: dict, chat: bool) -> Job:
                include_usage=bool((opts or {}).get("include_usage", False)))
 
 
+def _text(value: str, param: str) -> str:
+    """A string of real characters: JSON can spell a lone surrogate (``"\\ud800"``), no tokenizer can encode it."""
+    try:
+        check_text(value, param)
+    except ValueError as e:
+        raise ApiError(400, str(e), param) from None
+    return value
+
+
 def _content(message: dict, i: int) -> str:
+    return _text(_content_text(message, i), f"messages[{i}].content")
+
+
+def _content_text(message: dict, i: int) -> str:
     content = message.get("content")
     if content is None and message.get("role") == "assistant":
         return ""
@@ -164,7 +177,7 @@ def completion_job(body: dict) -> Job:
     if not (isinstance(prompt, str) and prompt) and not ok_ids:
         raise ApiError(400, "'prompt' must be a non-empty string or list of token ids (one prompt per request)",
                        "prompt")
-    job.prompt = prompt
+    job.prompt = _text(prompt, "prompt") if isinstance(prompt, str) else prompt
     job.logprobs = _ranged(body, "logprobs", 0, 5, None, integer=True)
     job.echo = bool(_get(body, "echo", (bool,), False))
     return job

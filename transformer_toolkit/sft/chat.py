@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..inference import PromptCache, TextStream, stream
+from ..inference import PromptCache, SamplingParams, TextStream, check_text, stream
 from ..tokenizer.templates import ChatTemplate
 
 
@@ -55,6 +55,9 @@ class ChatSession:
     def __init__(self, model, tokenizer, template: str | ChatTemplate = "chatml", system: str | None = None,
                  max_new: int = 200, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
                  compile: bool = False):
+        SamplingParams(temperature, top_k, top_p)  # checked now, not at the first question
+        if max_new < 0:
+            raise ValueError(f"max_new must be >= 0, got {max_new}")
         self.model, self.tokenizer = model, tokenizer
         self.template = template if isinstance(template, ChatTemplate) else ChatTemplate(template)
         self.system = system
@@ -130,6 +133,9 @@ class ChatSession:
         cut short (the stream closed early, or Ctrl-C while generating) joins it as far as it
         was shown, if anything was."""
         opts = self.defaults | overrides
+        check_text(prompt, "message")
+        if self.system is not None:
+            check_text(self.system, "system prompt")
         ids = self._turn_ids(prompt, opts["max_new"])  # stream puts them on the model's device
         stops, closer = set(self.stop_ids()), self.template.assistant_closer.strip()
         # the closer as text too: a byte-level tokenizer spells it in pieces

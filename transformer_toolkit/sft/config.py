@@ -44,6 +44,11 @@ class SFTDataConfig(StrictConfig):
     eos_id: int | None = None
     pad_id: int | None = None
 
+    RANGES = {"seq_len": {"ge": 2}, "batch_size": {"ge": 1},
+              "split": {"gt": 0, "lt": 1, "hint": " (the train fraction)"},
+              "num_workers": {"ge": 0}, "seed": {"ge": 0}, "debug_n": {"ge": 1},
+              "bos_id": {"ge": 0}, "eos_id": {"ge": 0}, "pad_id": {"ge": 0}}
+
     @model_validator(mode="after")
     def _check(self) -> SFTDataConfig:
         if isinstance(self.template, str):
@@ -54,14 +59,6 @@ class SFTDataConfig(StrictConfig):
             raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
         check_choice("schema", self.schema, SCHEMAS)
         check_choice("truncation_strategy", self.truncation_strategy, ("token", "turn"))
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 < self.split < 1.0:
-            raise ValueError(f"split must be strictly between 0 and 1 (the train fraction), got {self.split}")
-        if self.num_workers < 0 or self.debug_n < 1 or self.seed < 0:
-            raise ValueError("num_workers and seed must be >= 0 and debug_n >= 1")
         if self.tokenizer is not None:
             for name in ("bos_id", "eos_id", "pad_id"):
                 if getattr(self, name) is None:

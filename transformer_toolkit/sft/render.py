@@ -74,14 +74,16 @@ class Rendered:
         return len(self.ids)
 
 
-def render(messages: list[dict], tokenizer, template, add_eos: bool = True) -> Rendered:
+def render(messages: list[dict], tokenizer, template, add_eos: bool = True, train_from: int = 0) -> Rendered:
     """Token ids and the loss mask of one conversation: the tokenizer's BOS first when the
-    template starts with one (and the tokenizer has one), EOS after a final assistant turn."""
+    template starts with one (and the tokenizer has one), EOS after a final assistant turn.
+    ``train_from``: no token starting before this character of the text is trained (DPO trains
+    the response, not earlier assistant turns of its prompt)."""
     text, spans = template.format_messages(messages, bos=False)
     ids, offsets = tokenizer.encode_with_offsets(text)
     trained = np.zeros(len(text) + 1, dtype=bool)
     for a, b in spans:
-        trained[a:b] = True
+        trained[max(a, train_from):b] = True
     starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
     mask = trained[starts] if len(ids) else np.zeros(0, dtype=bool)
     ids = np.asarray(ids, dtype=np.int64)
@@ -94,24 +96,60 @@ def render(messages: list[dict], tokenizer, template, add_eos: bool = True) -> R
     return Rendered(ids, mask)
 
 
+# Tokens encoded past ``max_tokens`` before a long message is known not to fit; a cut inside
+# one word can change the last few tokens before the cut, never these many.
+MARGIN = 64
+CHARS_PER_TOKEN = 8  # the first guess of how many characters give one token (doubled until enough)
+
+
 def truncate(messages: list[dict], tokenizer, template, max_tokens: int, strategy: str) -> Rendered | None:
     """Fit a conversation into ``max_tokens`` ids; None when no trained token would remain.
 
     ``"token"`` keeps the first ``max_tokens`` ids. ``"turn"`` drops whole user+assistant
     exchanges from the end (keeping any system message) until the rest fits, so an assistant
     reply is never cut mid-way; when not even the first exchange fits, the sample is dropped.
+
+    A message far longer than a row (a 4 MB paste) is cut before the conversation is rendered,
+    so the text, ids and offsets held stay proportional to ``max_tokens``, not to the message.
     """
-    full = render(messages, tokenizer, template)
-    if len(full) <= max_tokens:
-        return full if full.mask.any() else None
+    if strategy not in ("token", "turn"):
+        raise ValueError(f"truncation_strategy must be 'token' or 'turn', got {strategy!r}")
+    messages, cut = _cut_long_message(messages, tokenizer, template, max_tokens)
+    ends = [i + 1 for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if cut is None:
+        full = render(messages, tokenizer, template)
+        if len(full) <= max_tokens:
+            return full if full.mask.any() else None
     if strategy == "token":
+        full = render(messages, tokenizer, template) if cut is not None else full
         out = Rendered(full.ids[:max_tokens], full.mask[:max_tokens])
         return out if out.mask.any() else None
-    if strategy != "turn":
-        raise ValueError(f"truncation_strategy must be 'token' or 'turn', got {strategy!r}")
-    ends = [i + 1 for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    for end in reversed(ends[:-1] if ends and ends[-1] == len(messages) else ends):
+    # "turn": whole exchanges only; with a cut message, those that end before it
+    candidates = [e for e in ends if cut is None or e <= cut]
+    for end in reversed(candidates[:-1] if cut is None and ends and ends[-1] == len(messages) else candidates):
         out = render(messages[:end], tokenizer, template)
         if len(out) <= max_tokens:
             return out if out.mask.any() else None
     return None
+
+
+def _cut_long_message(messages: list[dict], tokenizer, template, max_tokens: int) -> tuple[list[dict], int | None]:
+    """``(messages, None)`` when every message is short enough to render whole; else, for the
+    first message that alone takes the conversation past ``max_tokens + MARGIN`` tokens,
+    ``(the messages up to it with its content cut to a prefix that already does so, its index)``.
+    The prefix grows from ``CHARS_PER_TOKEN`` characters per token, doubling, and ends at a
+    whitespace where it can (the ids before a cut there are those of the whole text)."""
+    need = max_tokens + MARGIN
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, str) or len(content) <= need * CHARS_PER_TOKEN:
+            continue
+        size = need * CHARS_PER_TOKEN
+        while size < len(content):
+            space = content.rfind(" ", size - 256, size)
+            head = content[: space if space > 0 else size]
+            trial = messages[:i] + [{**m, "content": head}]
+            if len(render(trial, tokenizer, template, add_eos=False)) > need:
+                return trial, i
+            size *= 2
+    return messages, None

@@ -1,7 +1,9 @@
 """A built-in SFT task set with checkable answers, generated on the fly (no download).
 
-Two tasks: reverse a short list of words, and add two small numbers. Every prompt has one
-right answer, so a fine-tuned model can be scored by exact match (``exact_match``).
+Two tasks: reverse a short list of words, and add two small numbers; and two harder ones for
+reinforcement learning (``ttk grpo``): ``reverse_long`` (4 to 6 words) and ``add3`` (two 3-digit
+numbers, so carries chain). Every prompt has one right answer, so a fine-tuned model can be
+scored by exact match (``exact_match``).
 
 >>> samples = synthetic_tasks(3, seed=0)
 >>> samples[0]["messages"][0]["content"]        # doctest: +SKIP
@@ -15,6 +17,8 @@ import random
 WORDS = ("cat", "dog", "sun", "moon", "tree", "star", "fish", "bird",
          "rock", "leaf", "rain", "snow", "fire", "wind", "lake", "hill")
 TASKS = ("reverse", "add")
+HARD_TASKS = ("reverse_long", "add3")
+ALL_TASKS = TASKS + HARD_TASKS
 
 
 def make_task(rng: random.Random, task: str, max_words: int = 3, max_number: int = 50) -> tuple[str, str]:
@@ -25,7 +29,13 @@ def make_task(rng: random.Random, task: str, max_words: int = 3, max_number: int
     if task == "add":
         a, b = rng.randint(0, max_number), rng.randint(0, max_number)
         return f"add: {a} + {b}", str(a + b)
-    raise ValueError(f"unknown synthetic task {task!r}; tasks: {', '.join(TASKS)}")
+    if task == "reverse_long":
+        words = rng.sample(WORDS, rng.randint(4, 6))
+        return "reverse: " + " ".join(words), " ".join(reversed(words))
+    if task == "add3":
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        return f"add: {a} + {b}", str(a + b)
+    raise ValueError(f"unknown synthetic task {task!r}; tasks: {', '.join(ALL_TASKS)}")
 
 
 def synthetic_tasks(n: int, seed: int = 0, tasks: tuple[str, ...] = TASKS, exclude: set[str] | None = None,

@@ -5,9 +5,10 @@
 - checkpoint.py: the checkpoint format (atomic writes, ``weights_only`` reads, the newest
   resumable one);
 - runs.py: run folders (config.yaml, the tokenizer, the checkpoint a folder means, the SFT template);
+- adapted.py: a LoRA run's checkpoint (adapters only) put back on its recorded base;
 - ``save_pretrained`` / ``save_gguf``: the writers of ``convert/``, for ``Transformer``'s methods.
 
-It sits above ``model``, ``tokenizer`` and ``convert`` and below ``trainer`` and ``cli``.
+It sits above ``model``, ``tokenizer``, ``convert`` and ``lora`` and below ``trainer`` and ``cli``.
 """
 
 from ..convert import save_gguf, save_pretrained

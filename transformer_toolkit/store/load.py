@@ -4,6 +4,8 @@ A source is a run folder (or a ``.pt`` checkpoint inside one), a transformers fo
 folder (configs with no transformers counterpart), a ``.gguf`` file, or a Hub repo id
 (``owner/name``), pulled once into a local folder and loaded from there. ``Transformer.from_checkpoint``,
 ``Transformer.from_pretrained`` and every ``ttk`` command that reads a model go through here.
+A LoRA run (its checkpoints hold adapters only) loads its base model, from where the run
+recorded it, with the adapters merged in (``merged=False``: kept as adapters; adapted.py).
 
 >>> loaded = load("runs/sft")                       # doctest: +SKIP
 >>> loaded.model, loaded.tokenizer, loaded.template  # doctest: +SKIP
@@ -20,9 +22,10 @@ import torch
 
 from ..convert import gguf_module, load_native, load_pretrained, template_for_model
 from ..convert.native import is_native
+from ..model.loading import check_finite
 from ..tokenizer import load_tokenizer
-from . import runs
-from .checkpoint import load_checkpoint_model
+from . import adapted, runs
+from .checkpoint import load_checkpoint_model, read_ckpt
 
 RUN, CHECKPOINT, TRANSFORMERS, NATIVE, GGUF = "run", "checkpoint", "transformers", "native", "gguf"
 PRETRAINED = (TRANSFORMERS, NATIVE, GGUF)
@@ -66,14 +69,17 @@ def source_kind(path: str | os.PathLike) -> str | None:
 
 
 def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu", dtype: torch.dtype | None = None,
-         revision: str | None = None, save_dir: str | os.PathLike | None = None, api=None, **overrides) -> Loaded:
+         revision: str | None = None, save_dir: str | os.PathLike | None = None, api=None, merged: bool = True,
+         base: torch.nn.Module | str | os.PathLike | None = None, **overrides) -> Loaded:
     """The model at ``source`` in eval mode, with its tokenizer (``tokenizer=False``: None).
 
     ``map_location``: where a checkpoint's tensors go (default CPU, memory-mapped); ``dtype``
     casts the weights after loading; ``overrides`` replace config fields of a pretrained model
     (e.g. ``max_seq=512``). A Hub id is pulled into ``save_dir`` (default
     ``~/.cache/transformer_toolkit/hub/owner--name``) unless that folder already holds it;
-    ``revision`` and ``api`` go to ``hf_hub.pull_from_hub``."""
+    ``revision`` and ``api`` go to ``hf_hub.pull_from_hub``. A LoRA run's adapters are merged into
+    its base's weights unless ``merged=False``; ``base`` (a model or a source) replaces the base
+    the run recorded."""
     path = _local(source, revision, save_dir, api)
     kind = source_kind(path)
     if kind in (RUN, CHECKPOINT):
@@ -81,7 +87,7 @@ def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu
             raise ValueError(f"config overrides ({', '.join(overrides)}) apply to pretrained models; a checkpoint "
                              "loads with the config it was trained with")
         ckpt = runs.resolve_checkpoint(path)
-        model = load_checkpoint_model(ckpt, map_location)
+        model = _checkpoint_model(ckpt, map_location, merged, base)
         run_dir = runs.run_dir_of(ckpt)
         run_config = runs.read_config(run_dir)
         tok = runs.load_tokenizer(run_dir, ckpt) if tokenizer else None
@@ -89,14 +95,45 @@ def load(source: str | os.PathLike, *, tokenizer: bool = True, map_location="cpu
     else:
         model = _pretrained(path, kind, overrides)
         loaded = Loaded(model, load_tokenizer(path) if tokenizer else None, kind, Path(path))
+    if isinstance(loaded.model, torch.nn.Module):
+        check_finite(loaded.model, os.fspath(loaded.checkpoint or path))
+    check_vocab(loaded)
     if dtype is not None:
         loaded.model = loaded.model.to(dtype)
     return loaded
 
 
+def check_vocab(loaded: Loaded) -> None:
+    """ValueError when the tokenizer can produce ids the model has no embedding row for (a run's
+    tokenizer.json replaced by another's): the model would index past its table or, on some
+    devices, read garbage. (A model with more rows than the tokenizer has tokens is normal:
+    vocabularies are often padded.)"""
+    tok, cfg = loaded.tokenizer, getattr(loaded.model, "cfg", None)
+    if tok is None or cfg is None or tok.vocab_size <= cfg.vocab_size:
+        return
+    raise ValueError(f"{loaded.path}: the tokenizer has {tok.vocab_size:,} tokens but the model has {cfg.vocab_size:,} "
+                     f"embedding rows, so ids {cfg.vocab_size:,} and up have no embedding: this is not the tokenizer "
+                     "the model was trained with (restore the run's or the model's own tokenizer files)")
+
+
 def load_model(source: str | os.PathLike, **kwargs) -> torch.nn.Module:
     """``load(source, tokenizer=False, ...).model``: the model alone."""
     return load(source, tokenizer=False, **kwargs).model
+
+
+def _checkpoint_model(path: Path, map_location, merged: bool, base) -> torch.nn.Module:
+    """The model of the checkpoint file ``path``; for a LoRA run its base with the adapters on it."""
+    ckpt = read_ckpt(path, mmap=True)  # memory-mapped: the entries are read, the weights' pages only if used
+    if not adapted.is_adapter_checkpoint(ckpt):
+        return load_checkpoint_model(path, map_location)
+    if base is None:
+        base = adapted.base_source(ckpt, path)
+        if not os.path.exists(base) and not HUB_ID.fullmatch(base):
+            raise FileNotFoundError(f"{path} holds LoRA adapters for the base {base!r}, which no longer exists; "
+                                    "pass base= (the model or path the run started from)")
+    if not isinstance(base, torch.nn.Module):
+        base = load_model(base, map_location=map_location)  # a LoRA run as base: its adapters merged
+    return adapted.adapt(base, ckpt, path, merged)
 
 
 def _pretrained(path: str, kind: str, overrides: dict):

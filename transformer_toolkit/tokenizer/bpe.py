@@ -15,16 +15,20 @@ loads it and encodes identically.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..atomic import atomic_write_text
 from ..optional import require
 from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, as_id_list
-from .chunking import split_text
+from .chunking import split_long_words, split_text
 from .templates import PRESETS
 
 # Texts longer than this are cut at safe points and encoded in parallel (see chunking.py).
 PARALLEL_CHARS = 1 << 20
+# The largest vocabulary train() builds: 16x the largest in use; the Rust trainer reserves ~44
+# bytes per token asked before it reads a word (1e9 would abort the process asking for 44 GB).
+MAX_VOCAB = 1 << 22
 
 
 def _require_tokenizers():
@@ -41,12 +45,18 @@ class RustBPETokenizer:
 
     # building -------------------------------------------------------------------------------
     def train(self, texts: Iterable[str] | str, vocab_size: int = 8000, min_frequency: int = 2,
-              show_progress: bool = False) -> RustBPETokenizer:
+              show_progress: bool = False, corpus_bytes: int | None = None) -> RustBPETokenizer:
         """Learn merges from ``texts``: a list, a file object or any iterator of strings.
 
         An iterator is consumed once and never held in memory, so a corpus larger than RAM can
         stream through. ``vocab_size`` counts the 21 special tokens and the 256 bytes; a small
-        corpus may stop short of it (then ``vocab_size`` reports the real size).
+        corpus may stop short of it (then ``vocab_size`` reports the real size). A
+        ``vocab_size`` more than the corpus can fill is lowered, with a warning, to what it can
+        (the trainer reserves memory for every token asked: 4.4 GB for 10^8): each merge uses
+        ``min_frequency`` byte pairs of the text at least. A list's size is measured; for an
+        iterator give ``corpus_bytes`` (its UTF-8 size, e.g. the files' sizes), else it is
+        capped at ``MAX_VOCAB``. Words over ``chunking.MAX_WORD_CHARS`` characters are cut
+        (``split_long_words``), so DNA- or base64-like text trains in linear time.
         """
         tk = _require_tokenizers()
         floor = len(SPECIAL_TOKENS) + 256
@@ -55,6 +65,12 @@ class RustBPETokenizer:
                              f"{len(SPECIAL_TOKENS)} special tokens + 256 bytes = {floor} at least")
         if isinstance(texts, str):
             texts = [texts]
+        if isinstance(texts, (list, tuple)):
+            corpus_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+            texts = [piece for t in texts for piece in split_long_words(t)]
+        else:
+            texts = (piece for t in texts for piece in split_long_words(t))
+        vocab_size = _capped(vocab_size, floor, corpus_bytes, min_frequency)
         tok = tk.Tokenizer(tk.models.BPE())
         tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = tk.decoders.ByteLevel()
@@ -203,6 +219,19 @@ class RustBPETokenizer:
     def __repr__(self) -> str:
         size = "untrained" if self._tok is None else f"vocab_size={self.vocab_size}"
         return f"RustBPETokenizer({size})"
+
+
+def _capped(vocab_size: int, floor: int, corpus_bytes: int | None, min_frequency: int) -> int:
+    """``vocab_size``, or what a corpus of ``corpus_bytes`` can fill (or ``MAX_VOCAB``) with a warning."""
+    fill = floor + corpus_bytes // max(1, min_frequency) if corpus_bytes is not None else None
+    limit = min(MAX_VOCAB, fill) if fill is not None else MAX_VOCAB
+    if vocab_size <= limit:
+        return vocab_size
+    why = (f"{corpus_bytes:,} bytes of text can fill at most {fill:,} tokens" if fill is not None and fill <= MAX_VOCAB
+           else f"vocabularies above {MAX_VOCAB:,} tokens are refused (the largest in use are ~256K)")
+    warnings.warn(f"vocab_size={vocab_size:,} is more than the trainer can use: {why}; training with "
+                  f"vocab_size={limit:,}", RuntimeWarning, stacklevel=3)
+    return limit
 
 
 def _batches(texts: Iterable[str], size: int = 1024) -> Iterator[list[str]]:

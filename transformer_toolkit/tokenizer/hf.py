@@ -3,11 +3,18 @@
 ``HFTokenizer("gpt2")`` loads from the Hub (or its cache); a local folder written by
 ``save_pretrained`` (or a lone ``tokenizer.json``) loads offline. The transformers tokenizer
 itself stays available as ``tok._tok`` (the seed README uses ``tok._tok.bos_token_id``).
+
+A folder's own Python code is never run: transformers is always called with
+``trust_remote_code=False``, so a ``tokenizer_config.json`` whose ``auto_map`` names a class
+defined in the folder's ``.py`` files is refused (with the reason) instead of asking, on the
+terminal, whether to run it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 from ..optional import require
@@ -16,6 +23,29 @@ from .base import as_id_list
 
 def _transformers():
     return require("transformers", "HFTokenizer", "hf")
+
+
+def _auto_map(folder: str) -> dict | None:
+    """The ``auto_map`` (classes defined in the folder's own ``.py`` files) of a local folder's
+    tokenizer_config.json or config.json, or None."""
+    for name in ("tokenizer_config.json", "config.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                found = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, dict) and found.get("auto_map"):
+            return found["auto_map"]
+    return None
+
+
+def _damaged(name: str, e: Exception) -> ValueError:
+    """tokenizers and transformers report a damaged tokenizer file as a KeyError, TypeError,
+    ValueError or a bare Exception from Rust: one message naming the file instead."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return ValueError(f"the tokenizer at {name} cannot be read ({type(e).__name__}: {first}); its files are "
+                      "damaged or incomplete: restore them, or load another tokenizer")
 
 
 class HFTokenizer:
@@ -30,12 +60,29 @@ class HFTokenizer:
     def _load(name: str, **kwargs):
         tf = _transformers()
         if os.path.isfile(name) and name.endswith(".json"):
-            return tf.PreTrainedTokenizerFast(tokenizer_file=name, **kwargs)
+            try:
+                return tf.PreTrainedTokenizerFast(tokenizer_file=name, **kwargs)
+            except Exception as e:  # noqa: BLE001 - see _damaged
+                raise _damaged(name, e) from None
+        auto_map = _auto_map(name)
         try:
-            return tf.AutoTokenizer.from_pretrained(name, **kwargs)
+            tok = tf.AutoTokenizer.from_pretrained(name, **kwargs, trust_remote_code=False)
         except OSError as e:
             where = "the local folder" if os.path.isdir(name) else "the Hub (is the name right and the network up?)"
             raise OSError(f"could not load a tokenizer from {name!r} via {where}: {e}") from e
+        except ValueError as e:
+            if "trust_remote_code" not in str(e):
+                raise _damaged(name, e) from None
+            raise ValueError(f"{name}'s tokenizer is defined by its own Python code (auto_map {auto_map or '?'}), "
+                             "which transformer-toolkit never runs; use a tokenizer that loads without it (a "
+                             "tokenizer.json with tokenizer_class PreTrainedTokenizerFast)") from None
+        except Exception as e:  # noqa: BLE001 - see _damaged
+            raise _damaged(name, e) from None
+        if auto_map:
+            warnings.warn(f"{name}: ignoring auto_map {auto_map} in its tokenizer config (a model folder's own "
+                          f"code is never run); loaded with transformers' {type(tok).__name__}", RuntimeWarning,
+                          stacklevel=3)
+        return tok
 
     @property
     def vocab_size(self) -> int:

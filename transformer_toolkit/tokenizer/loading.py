@@ -63,8 +63,7 @@ def _config_agrees(folder: str) -> bool:
     cfg_path = os.path.join(folder, "tokenizer_config.json")
     if not os.path.isfile(cfg_path):
         return True
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = _read_config(cfg_path)
     for key, i in (("bos_token", BOS_ID), ("eos_token", EOS_ID), ("pad_token", PAD_ID)):
         value = cfg.get(key)
         if isinstance(value, dict):  # AddedToken written as a dict
@@ -84,12 +83,24 @@ def folder_chat_template(folder: str | os.PathLike) -> str | None:
     cfg_path = os.path.join(folder, "tokenizer_config.json")
     if not os.path.isfile(cfg_path):
         return None
-    with open(cfg_path, encoding="utf-8") as f:
-        t = json.load(f).get("chat_template")
+    t = _read_config(cfg_path).get("chat_template")
     if isinstance(t, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
         t = named.get("default") or next(iter(named.values()), None)
     return t if isinstance(t, str) else None
+
+
+def _read_config(path: str) -> dict:
+    """A tokenizer_config.json: a JSON object, or ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the tokenizer files") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not an object of settings; restore the "
+                         "tokenizer files")
+    return cfg
 
 
 def _kind(path: str) -> str | None:

@@ -1,7 +1,8 @@
 """Training batches as an endless, resumable stream over any iterable of batches.
 
 A batch is ``(x, y)``, ``(x, y, loss_mask)`` or ``(x, y, loss_mask, doc_ids)`` (a tuple/list),
-or a dict with ``input_ids``, ``labels`` and optionally ``loss_mask`` / ``doc_ids``: x and y are
+or a dict with ``input_ids``, ``labels`` and optionally ``loss_mask`` / ``doc_ids`` (other keys
+are kept in ``Batch.extra`` for a Trainer subclass, e.g. DPO's reference log-probs): x and y are
 ``(B, T)`` integer tensors (y is x shifted by one), loss_mask is ``(B, T)`` float/bool with 1 on
 the tokens that are trained, doc_ids ``(B, T)`` numbers the documents of a packed SFT row (the
 model then attends within each document only).
@@ -35,17 +36,24 @@ class Batch(NamedTuple):
     y: Tensor
     loss_mask: Tensor | None = None
     doc_ids: Tensor | None = None
+    extra: dict[str, Tensor] | None = None  # a dict batch's other tensors, for a subclass's compute_loss
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"  # overlap the copy with compute (pinned memory)
-        return Batch(*(t.to(device, non_blocking=nb) if t is not None else None for t in self))
+        move = lambda t: t.to(device, non_blocking=nb) if isinstance(t, Tensor) else t  # noqa: E731
+        extra = {k: move(v) for k, v in self.extra.items()} if self.extra else None
+        return Batch(*(move(t) for t in self[:4]), extra)
+
+
+BATCH_KEYS = ("input_ids", "labels", "loss_mask", "doc_ids")
 
 
 def unpack(batch) -> Batch:
     """A ``Batch`` from any supported batch layout."""
     if isinstance(batch, dict):
+        extra = {k: v for k, v in batch.items() if k not in BATCH_KEYS} or None
         try:
-            return Batch(batch["input_ids"], batch["labels"], batch.get("loss_mask"), batch.get("doc_ids"))
+            return Batch(batch["input_ids"], batch["labels"], batch.get("loss_mask"), batch.get("doc_ids"), extra)
         except KeyError as e:
             raise ValueError(f"a dict batch needs 'input_ids' and 'labels' (and optionally 'loss_mask', 'doc_ids'); "
                              f"got keys {sorted(batch)}") from e
@@ -58,7 +66,7 @@ def unpack(batch) -> Batch:
 
 def check_batch(batch: Batch, max_seq: int | None, vocab: int) -> None:
     """Fail on the first batch with a message that says what is wrong, not deep inside the model."""
-    x, y, mask, doc_ids = batch
+    x, y, mask, doc_ids = batch[:4]
     if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
         raise ValueError(f"batch x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.dim() != 2 or x.shape != y.shape:

@@ -95,37 +95,27 @@ class TrainConfig(StrictConfig):
     hf_push_end: bool = True
     hf_push_on_pause: bool = True
 
+    RANGES = {**{n: {"ge": 1} for n in ("max_steps", "eval_every", "save_every", "log_every", "grad_accum_steps",
+                                         "max_bad_steps")},
+              "eval_iters": {"ge": 1, "hint": " or None (the whole val loader)"},
+              "eval_tasks_every": {"ge": 1, "hint": " or None (every eval)"},
+              "keep_last_n": {"ge": 1, "hint": " or None (keep every step checkpoint)"},
+              "warmup_steps": {"ge": 0}, "lr": {"gt": 0}, "min_lr": {"ge": 0}, "weight_decay": {"ge": 0},
+              "beta1": {"ge": 0, "lt": 1}, "beta2": {"ge": 0, "lt": 1}, "eps": {"gt": 0},
+              "grad_clip": {"ge": 0, "hint": " (0 disables clipping)"}, "seed": {"ge": 0},
+              "max_time": {"gt": 0, "hint": " seconds or None (no time limit)"}}
+
     @model_validator(mode="after")
     def _validate(self) -> TrainConfig:
-        for name in ("max_steps", "eval_every", "save_every", "log_every", "grad_accum_steps", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ValueError(f"max_time must be > 0 seconds or None (no time limit), got {self.max_time}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
+        if self.min_lr > self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}; typically lr / 10")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip=0 disables clipping)")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.precision is not None:
             check_choice("precision", self.precision, PRECISIONS)
         check_choice("progress", self.progress, PROGRESS)
         check_choice("parallel", self.parallel, PARALLEL)
-        if self.eval_tasks_every is not None and self.eval_tasks_every < 1:
-            raise ValueError(f"eval_tasks_every must be >= 1 or None (every eval), got {self.eval_tasks_every}")
         for t in self.eval_tasks:
             if not (isinstance(t, str) and t.strip()) and not (isinstance(t, dict) and isinstance(t.get("name"), str)):
                 raise ValueError(f"eval_tasks entries are task names or dicts with a 'name', got {t!r}")
-        if self.eval_iters is not None and self.eval_iters < 1:
-            raise ValueError(f"eval_iters must be >= 1 or None (the whole val loader), got {self.eval_iters}")
-        if self.keep_last_n is not None and self.keep_last_n < 1:
-            raise ValueError(f"keep_last_n must be >= 1 or None (keep every step checkpoint), got {self.keep_last_n}")
         if not isinstance(self.hf_push_every_n, bool) and self.hf_push_every_n < 1:
             raise ValueError(f"hf_push_every_n must be True/False or a step count >= 1, got {self.hf_push_every_n}")
         if self.hf_repo is not None and "/" not in self.hf_repo:

@@ -180,10 +180,12 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
-    """Load ordinary state dicts into a possibly FSDP2-sharded model and its optimizer."""
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
+                    strict: bool = True) -> None:
+    """Load ordinary state dicts into a possibly FSDP2-sharded model and its optimizer
+    (``strict=False``: ``model_sd`` holds the trainable parameters only)."""
     if not is_sharded(model):
-        model.load_state_dict(model_sd)
+        model.load_state_dict(model_sd, strict=strict)
         optimizer.load_state_dict(optim_sd)
         return
     from torch.distributed.checkpoint.state_dict import (
@@ -192,6 +194,6 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd
         set_optimizer_state_dict,
     )
 
-    opts = StateDictOptions(full_state_dict=True)
+    opts = StateDictOptions(full_state_dict=True, strict=strict)
     set_model_state_dict(model, model_sd, options=opts)
     set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)

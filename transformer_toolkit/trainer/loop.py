@@ -17,6 +17,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,22 @@ class Trainer(PersistMixin):
 
     ``tokenizer`` is only used for Hub uploads; ``uploader`` replaces
     ``transformer_toolkit.hf_hub.push_to_hub`` (same keyword signature), e.g. in tests.
+    ``data_config``: the settings the loaders were built with (a plain dict, e.g.
+    ``DataConfig.to_dict()``); checkpoints keep it, so a resume lists the ones that changed
+    (``data.seq_len 64 -> 128``) with the changed ``TrainConfig`` fields.
+
+    Another objective subclasses this and overrides ``compute_loss`` / ``count_tokens`` (see
+    ``dpo.DPOTrainer``); ``record`` adds its own statistics to the logs.
     """
 
+    loss_is_nll = True  # the loss is nats per token: evals also report perplexity
+    progress_stats: tuple[str, ...] = ()  # recorded statistics shown on the progress line too
+
     def __init__(self, model: nn.Module, train_dl, val_dl, vocab_size: int, cfg: TrainConfig | dict | None = None,
-                 tokenizer=None, *, uploader=None):
+                 tokenizer=None, *, uploader=None, data_config: dict | None = None):
         cfg = TrainConfig() if cfg is None else cfg
         self.cfg = TrainConfig(**cfg) if isinstance(cfg, dict) else cfg
+        self.data_config = data_config
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self.dist = D.init_distributed()
         self.device = resolve_device(self.cfg.device)
@@ -65,6 +76,7 @@ class Trainer(PersistMixin):
             keep_freed_memory()  # no page faults on each step's buffers: 1.08-1.20x on shape a
         self.model = model.to(self.device)
         self._check_model(vocab_size)
+        self._init_partial()
         D.check_sharded(train_dl, "train_dl", self.dist)
         D.check_sharded(val_dl, "val_dl", self.dist)
         self.train_dl, self.val_dl = train_dl, val_dl
@@ -100,7 +112,10 @@ class Trainer(PersistMixin):
         self.elapsed = 0.0  # seconds spent in the training loop, over every resume (for max_time)
         self._clock = time.perf_counter()
         self._bad_steps, self._checked_batch, self._stop_requested = 0, False, False
+        self._signals: StopSignals | None = None
         self._mfu_flops, self._peak_flops = None, peak_flops(self.device)
+        self.stats: dict[str, Tensor] = {}  # sums that compute_loss records (see record)
+        self.eval_stats: dict[str, float] = {}
 
     # setup ---------------------------------------------------------------------------------
     def _check_model(self, vocab_size: int) -> None:
@@ -123,7 +138,7 @@ class Trainer(PersistMixin):
     def compute_loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         """``(sum of the trained tokens' losses, aux_loss)`` for one micro-batch (not a mean:
         the step divides by the token count of the whole accumulated batch)."""
-        x, y, loss_mask, doc_ids = batch
+        x, y, loss_mask, doc_ids = batch[:4]
         out = model(x) if doc_ids is None else model(x, doc_ids=doc_ids)
         logits, aux = out if isinstance(out, tuple) else (out, None)
         # the log-softmax runs in fp32 under autocast without an fp32 copy of the logits
@@ -138,6 +153,22 @@ class Trainer(PersistMixin):
             return (batch.loss_mask.to(torch.float32) * keep).sum()
         return keep.sum().to(torch.float32)
 
+    def record(self, name: str, total: Tensor) -> None:
+        """Add ``total`` (a sum over this micro-batch's units, e.g. pairs) to statistic ``name``:
+        the step reports it divided by the step's ``count_tokens`` over every rank (a mean per
+        unit), in metrics.jsonl and TensorBoard; evals report it over the val batches. Reduced
+        with the loss in the step's one all-reduce, so it costs no extra host sync."""
+        total = total.detach().float()
+        self.stats[name] = self.stats[name] + total if name in self.stats else total
+
+    def _reduce_stats(self, head: list[Tensor], count: Tensor) -> tuple[list[float], dict[str, float]]:
+        """All-reduce ``head`` and the recorded statistics in one call; statistics per unit of ``count``."""
+        names = sorted(self.stats)
+        values = torch.stack([*head, *(self.stats[k].to(head[0].dtype) for k in names)])
+        values = D.all_reduce_sum(values, self.dist).tolist()
+        n = max(float(count), 1e-12)
+        return values[:len(head)], {k: v / n for k, v in zip(names, values[len(head):], strict=True)}
+
     # one optimizer step --------------------------------------------------------------------
     def _prepare(self, batch) -> Batch:
         batch = unpack(batch)
@@ -151,6 +182,7 @@ class Trainer(PersistMixin):
         batches = [self._prepare(self.stream.next()) for _ in range(accum)]
         n_tokens = torch.stack([self.count_tokens(b) for b in batches]).sum()
         n_tokens = D.all_reduce_sum(n_tokens, self.dist).clamp(min=1)
+        self.stats = {}
         # DDP averages gradients over ranks, hence world / n: the sum over ranks is then the mean.
         scale = world / n_tokens
         ce_acc = torch.zeros((), device=self.device)
@@ -171,10 +203,10 @@ class Trainer(PersistMixin):
             norm = norm.full_tensor()
         # max_time is decided here, in the step's one collective, so that every rank ends on the same step
         time_up = cfg.max_time is not None and time.perf_counter() - self._clock >= cfg.max_time
-        flags = torch.tensor([float(stop), float(time_up)], device=self.device)
-        shared = D.all_reduce_sum(torch.cat([torch.stack([ce_acc, aux_acc]), flags]), self.dist)
         # The one host sync of the step: the NaN guard must decide before the update.
-        ce, aux, stop_votes, time_votes, gnorm = torch.cat([shared, norm.detach().float().view(1)]).tolist()
+        gnorm, n = torch.stack([norm.detach().float(), n_tokens.float()]).tolist()
+        flags = [torch.tensor(float(stop), device=self.device), torch.tensor(float(time_up), device=self.device)]
+        (ce, aux, stop_votes, time_votes), stats = self._reduce_stats([ce_acc, aux_acc, *flags], n)
         ce, aux = ce / world, aux / world
         ok = math.isfinite(ce) and math.isfinite(aux) and (self.scaler is not None or math.isfinite(gnorm))
         if ok:
@@ -184,12 +216,17 @@ class Trainer(PersistMixin):
                 self.scaler.step(self.optimizer)  # skips the update itself when fp16 grads overflowed
             else:
                 self.optimizer.step()
+            if self.optimizer.defaults.get("fused"):
+                # The fused kernel writes the weights without bumping their version counters, which
+                # is how decoding tells new weights from old (fast_decode's cached layouts, PromptCache,
+                # GRPO's rollouts between steps): bump them, at no cost
+                torch.autograd.graph.increment_version(self._params)
         if self.scaler:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b.x.numel() for b in batches) * world
         return {"loss": ce, "aux": aux, "grad_norm": gnorm, "ok": ok, "stop": stop_votes > 0, "tokens": tokens,
-                "seq_len": batches[0].x.shape[1], "time_up": time_votes > 0}
+                "seq_len": batches[0].x.shape[1], "stats": stats, "time_up": time_votes > 0}
 
     # evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -208,6 +245,7 @@ class Trainer(PersistMixin):
             self.val_dl.load_state_dict(self._val_start)
         self.eval_model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.stats = {}
         try:
             for i, batch in enumerate(self.val_dl):
                 if self.cfg.eval_iters is not None and i >= self.cfg.eval_iters:
@@ -218,7 +256,9 @@ class Trainer(PersistMixin):
                 total += torch.stack([loss_sum.double(), self.count_tokens(batch).double()])
         finally:
             self.eval_model.train()
-        loss_sum, count = D.all_reduce_sum(total, self.dist).tolist()
+        count = D.all_reduce_sum(total[1:].clone(), self.dist).item()
+        (loss_sum,), self.eval_stats = self._reduce_stats([total[0]], count)
+        self.stats = {}
         return loss_sum / count if count > 0 else None
 
     def _eval_and_keep_best(self) -> None:
@@ -229,10 +269,11 @@ class Trainer(PersistMixin):
         is_best = math.isfinite(val) and val < self.best_val_loss
         if is_best:
             self.best_val_loss = val
-        self.progress.eval_line(self.step, val, prev, is_best)
+        self.progress.eval_line(self.step, val, prev, is_best, self.loss_is_nll, self.eval_stats)
         if self.metrics:
-            ppl = math.exp(val) if val < 50 else math.inf
-            self.metrics.log("eval", self.step, val_loss=val, ppl=ppl, best=is_best, elapsed=round(self.elapsed, 3))
+            ppl = {"ppl": math.exp(val) if val < 50 else math.inf} if self.loss_is_nll else {}
+            self.metrics.log("eval", self.step, val_loss=val, **ppl, best=is_best, elapsed=round(self.elapsed, 3),
+                             **self.eval_stats)
             self.metrics.plot()
         if is_best and self.cfg.save_best:
             if self._weights_finite():
@@ -255,11 +296,17 @@ class Trainer(PersistMixin):
             self.metrics.plot()
 
     # the loop ------------------------------------------------------------------------------
-    def train(self, resume_from: str | None = None) -> dict:
+    def train(self, resume_from: str | None = None, on_start: Callable[[], None] | None = None) -> dict:
         """Train to ``cfg.max_steps`` (or ``cfg.max_time``, if that comes first). ``resume_from``:
         None (continue from this trainer's state, step 0 for a new one), a checkpoint path, or
         "auto" (the newest of pause.pt / step_N.pt in ``ckpt_dir``; a fresh start when there is
-        none). Returns a summary dict."""
+        none). Resuming from a checkpoint older than others in ``ckpt_dir`` starts a new
+        trajectory: the later ones are moved aside (to ``ckpt_dir/abandoned/``), never deleted
+        nor resumed by "auto".
+
+        ``on_start`` is called once the state is restored and steps are about to run (``ttk``
+        writes the run's config.yaml there, so a start that fails leaves it as it was).
+        Returns a summary dict."""
         cfg = self.cfg
         path = None
         if resume_from == "auto":
@@ -270,16 +317,20 @@ class Trainer(PersistMixin):
             path = resume_from
         if path is not None:
             self._resume(path)
+            if resume_from != "auto":  # "auto" takes the newest: nothing comes after it but a best.pt it will redo
+                self._set_aside_later()
         elif self.step == 0:
             self._seed()
-        if self.metrics:
-            self.metrics.start(None if (path is None and self.step == 0) else self.step)
         if self.step >= cfg.max_steps or self._time_up():
             done = f"max_time={cfg.max_time:g}s" if self.step < cfg.max_steps else f"max_steps={cfg.max_steps}"
             self.progress.message(f"already at step {self.step}, {self.elapsed:.0f}s trained: {done} reached, "
                                   "nothing to train")
             D.barrier(self.dist)  # the last collective of a run must be one a teardown survives
             return self._summary(paused=False)
+        if on_start is not None and self.dist.is_main:
+            on_start()
+        if self.metrics:
+            self.metrics.start(None if (path is None and self.step == 0) else self.step)
         n_params = getattr(self.model, "n_params", None)
         self.progress.header(cfg, self.precision.name, self.device, self.dist.world_size,
                              n_params() if callable(n_params) else "?")
@@ -290,10 +341,13 @@ class Trainer(PersistMixin):
         self.model.train()
         try:
             with StopSignals(cfg.interruptible, self._on_signal) as signals:
+                self._signals = signals  # a checkpoint being written defers a second signal
                 paused = self._loop(signals)
         except BaseException:
             self._close(wait=False)  # an abort must not wait for uploads in flight
             raise
+        finally:
+            self._signals = None
         self._close(wait=True)
         D.barrier(self.dist)  # the last collective of a run must be one a teardown survives (see barrier)
         return self._summary(paused)
@@ -324,7 +378,7 @@ class Trainer(PersistMixin):
         cfg, start_step = self.cfg, self.step
         t_start = time.perf_counter()
         self._clock = t_start - self.elapsed  # elapsed = now - _clock, continuing a resumed run's time
-        losses, tokens, step_time = [], 0, 0.0  # since the last kept log line
+        losses, tokens, step_time, stats = [], 0, 0.0, []  # since the last kept log line
         push_every = cfg.hub_push_interval
         while self.step < cfg.max_steps:
             lr = lr_at(self.step, cfg, self.elapsed)
@@ -337,22 +391,25 @@ class Trainer(PersistMixin):
             self._guard(out, lr)
             if out["ok"]:
                 losses.append(out["loss"])
+                stats.append(out["stats"])
             # tok/s counts training steps only (not evals or saves); the ETA counts everything.
             tokens, step_time = tokens + out["tokens"], step_time + (now - t0)
             keep = self.step % cfg.log_every == 0 or last
             if self.progress.mode != "none" or keep:
                 tok_s = tokens / max(step_time, 1e-9)
                 loss = sum(losses) / len(losses) if losses else out["loss"]
+                means = {k: sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else {})}
                 eta = (now - t_start) / (self.step - start_step) * (cfg.max_steps - self.step)
                 if cfg.max_time is not None:
                     eta = min(eta, max(0.0, cfg.max_time - self.elapsed))
+                shown = {k: means[k] for k in self.progress_stats if k in means}
                 self.progress.step(self.progress.step_line(self.step, cfg.max_steps, loss, lr, tok_s, eta,
-                                                           self._mfu(tok_s, out["seq_len"])), keep)
+                                                           self._mfu(tok_s, out["seq_len"]), shown), keep)
             if keep:
                 if self.metrics and losses:
                     self.metrics.log("train", self.step, loss=loss, lr=lr, tok_s=round(tok_s), aux=out["aux"],
-                                     grad_norm=out["grad_norm"], elapsed=round(self.elapsed, 3))
-                losses, tokens, step_time = [], 0, 0.0
+                                     grad_norm=out["grad_norm"], elapsed=round(self.elapsed, 3), **means)
+                losses, tokens, step_time, stats = [], 0, 0.0, []
             if self.step % cfg.eval_every == 0 or last:
                 self._eval_and_keep_best()
             if self.tasks is not None and (self.step % (cfg.eval_tasks_every or cfg.eval_every) == 0 or last):

@@ -37,10 +37,12 @@ def _block_rows(logits: Tensor) -> int:
     return max(1, min(len(logits), n // max(1, logits.shape[1])))
 
 
-class _CrossEntropySum(torch.autograd.Function):
+class _TargetLogProbs(torch.autograd.Function):
+    """Per token ``log softmax(logits)[target]``, blockwise (see the module docstring)."""
+
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
-        acc = weights.dtype  # fp32 (float64 for float64 logits)
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         N = len(logits)
         rows = _block_rows(logits)
         buf = torch.empty(rows, logits.shape[1], dtype=acc, device=logits.device)
@@ -55,18 +57,17 @@ class _CrossEntropySum(torch.autograd.Function):
                 picked[a:a + rows] = logp.gather(1, targets[a:a + rows, None]).squeeze(1)
                 peak[a:a + rows, :1] = x.amax(dim=-1, keepdim=True)
                 peak[a:a + rows, 1:] = logp.amax(dim=-1, keepdim=True)
-            loss = -(picked * weights).sum()
-        ctx.save_for_backward(logits, targets, weights, peak, picked)
-        return loss
+        ctx.save_for_backward(logits, targets, peak, picked)
+        return picked
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: Tensor):
-        logits, targets, weights, peak, picked = ctx.saved_tensors
-        coef = grad_loss * weights  # (N,): d loss / d (token loss)
+    def backward(ctx, grad_picked: Tensor):
+        logits, targets, peak, picked = ctx.saved_tensors
+        coef = -grad_picked  # d log p(target) / d logits = onehot - softmax: softmax * coef, then (p - 1) * coef
         grad = torch.empty_like(logits)
         rows = _block_rows(logits)
-        buf = torch.empty(rows, logits.shape[1], dtype=weights.dtype, device=logits.device)
+        buf = torch.empty(rows, logits.shape[1], dtype=picked.dtype, device=logits.device)
         for a in range(0, len(logits), rows):
             x = logits[a:a + rows]
             b, m, top = buf[:len(x)], peak[a:a + rows, :1], peak[a:a + rows, 1:]
@@ -74,7 +75,15 @@ class _CrossEntropySum(torch.autograd.Function):
             grad[a:a + rows] = b
         rows_all = torch.arange(len(targets), device=targets.device)
         grad[rows_all, targets] = ((picked.exp() - 1) * coef).to(grad.dtype)  # p - 1 at the target, in fp32
-        return grad, None, None
+        return grad, None
+
+
+def target_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """``log softmax(logits)[target]`` of every token, in fp32 (float64 stays float64), with the
+    memory of ``cross_entropy_sum``: ``logits (..., V)`` in any float dtype, ``targets (...)`` valid
+    ids; returns ``(...)``. What sequence scores (DPO's log-probs of a response) are summed from."""
+    V = logits.shape[-1]
+    return _TargetLogProbs.apply(logits.reshape(-1, V), targets.reshape(-1)).view(targets.shape)
 
 
 def cross_entropy_sum(logits: Tensor, targets: Tensor, ignore_index: int = -100,
@@ -94,4 +103,4 @@ def cross_entropy_sum(logits: Tensor, targets: Tensor, ignore_index: int = -100,
     if weights is not None:
         w = w * weights.reshape(-1).to(w.dtype)
     safe = torch.where(keep, targets, torch.zeros_like(targets))  # ignored rows weigh 0 anyway
-    return _CrossEntropySum.apply(logits, safe, w)
+    return -(target_logprobs(logits, safe) * w).sum()

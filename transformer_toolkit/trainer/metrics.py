@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..atomic import atomic_write_text, temp_path_for
 from ..optional import require
 
 
@@ -26,6 +27,7 @@ class MetricsLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self.plot_enabled = plot
+        self.panel: tuple[str, ...] = ()  # statistics drawn under the loss (e.g. GRPO's reward)
         self.records: list[dict] = []
         self._tb = None
         if tensorboard:
@@ -45,10 +47,7 @@ class MetricsLog:
                     if rec.get("step", 0) <= resume_step:
                         kept.append(rec)
         self.records = kept
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, event: str, step: int, **values) -> None:
         # NaN/inf become null: strict JSON has no such numbers (json.dumps would write NaN).
@@ -65,7 +64,8 @@ class MetricsLog:
 
     def plot(self) -> None:
         """Redraw ``loss.png``: train loss (per log) and val loss (per eval) against steps, and
-        below them, when the run scores eval tasks, each task score against steps."""
+        below them, when the run scores eval tasks, each task score against steps, and the
+        ``panel`` statistics of train and eval records (e.g. GRPO's reward)."""
         if not self.plot_enabled:
             return
         try:
@@ -83,6 +83,11 @@ class MetricsLog:
                 for k, v in r.items():
                     if k not in ("event", "step", "time") and isinstance(v, (int, float)):
                         tasks.setdefault(k, []).append((r["step"], v))
+        for name in self.panel:
+            for event in ("train", "eval"):
+                points = [(r["step"], r[name]) for r in self.records if r["event"] == event and r.get(name) is not None]
+                if points:
+                    tasks[f"{event} {name}"] = points
         fig = Figure(figsize=(7, 6.5 if tasks else 4), dpi=100)
         axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if tasks else [fig.subplots()]
         ax = axes[0]
@@ -94,15 +99,15 @@ class MetricsLog:
         if tasks:
             for name, points in tasks.items():
                 axes[1].plot(*zip(*points, strict=True), label=name, marker="o", markersize=3)
-            axes[1].set_ylabel("task score")
+            axes[1].set_ylabel("score")
             axes[1].legend(fontsize="small")
         for a in axes:
             a.grid(alpha=0.3)
         axes[-1].set_xlabel("step")
         ax.legend()
         fig.tight_layout()
-        tmp = self.dir / "loss.tmp.png"
-        fig.savefig(tmp)
+        tmp = temp_path_for(self.dir / "loss.png")  # a name of its own: see atomic.py
+        fig.savefig(tmp, format="png")
         os.replace(tmp, self.dir / "loss.png")
 
     def close(self) -> None:

@@ -68,9 +68,10 @@ class Progress:
         self._print(f"  {text}")
 
     def step_line(self, step: int, total: int, loss: float, lr: float, tok_s: float, eta_s: float,
-                  mfu: float | None = None) -> str:
+                  mfu: float | None = None, stats: dict[str, float] | None = None) -> str:
         extra = f"  mfu {100 * mfu:.1f}%" if mfu is not None else ""
-        return (f"  step {step:>6}/{total}  {bar(step, total)}  loss {loss:.4f}  lr {lr:.1e}  "
+        shown = "".join(f"  {k} {v:.3g}" for k, v in (stats or {}).items())
+        return (f"  step {step:>6}/{total}  {bar(step, total)}  loss {loss:.4f}{shown}  lr {lr:.1e}  "
                 f"tok/s {fmt_rate(tok_s)}{extra}  eta {fmt_duration(eta_s)}")
 
     def step(self, line: str, keep: bool) -> None:
@@ -89,13 +90,15 @@ class Progress:
             return
         self._print(line)
 
-    def eval_line(self, step: int, val_loss: float, prev: float | None, is_best: bool) -> None:
-        ppl = math.exp(val_loss) if val_loss < 50 else float("inf")
+    def eval_line(self, step: int, val_loss: float, prev: float | None, is_best: bool, nll: bool = True,
+                  stats: dict[str, float] | None = None) -> None:
+        ppl = f"  ppl {math.exp(val_loss) if val_loss < 50 else float('inf'):.2f}" if nll else ""
+        ppl += "".join(f"  {k} {v:.3g}" for k, v in (stats or {}).items())
         delta = ""
         if prev is not None and math.isfinite(prev):
             d = val_loss - prev
             delta = f"  {'▼' if d <= 0 else '▲'}{abs(d):.4f}"
         best = "  ★ best" if is_best else ""
         self._print("")
-        self._print(f"  ● eval  step {step}  val_loss {val_loss:.4f}  ppl {ppl:.2f}{delta}{best}")
+        self._print(f"  ● eval  step {step}  val_loss {val_loss:.4f}{ppl}{delta}{best}")
         self._print("")
