@@ -200,7 +200,8 @@ def build(job: Job, shared: Shared, device: str | None = None) -> tuple[Trainer,
     _keep_tokenizer(folder, shared, tok)
     data_cfg = DataConfig(**{k: v for k, v in cfg["data"].items() if k in DataConfig.model_fields})
     train_dl, val_dl = from_binary(shared.tokens, data_cfg, tokenizer=tok)
-    trainer = Trainer(model, train_dl, val_dl, tok.vocab_size, TrainConfig(**cfg["train"]), tokenizer=tok)
+    trainer = Trainer(model, train_dl, val_dl, tok.vocab_size, TrainConfig(**cfg["train"]), tokenizer=tok,
+                      data_config=cfg["data"])  # checkpoints record the data settings, as ttk train's do
     return trainer, tok, tokens_per_step, fpt
 
 
