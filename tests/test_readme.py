@@ -196,7 +196,11 @@ def check_parses(argv: list[str]) -> None:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     overrides = C.parse_overrides(extra)
-    if args.command in ("train", "sft", "dpo", "grpo"):
+    if args.command == "compare":  # the same checks as ttk compare makes before reading any data
+        from transformer_toolkit.cli.compare import plan
+
+        plan(args, overrides)
+    elif args.command in ("train", "sft", "dpo", "grpo"):
         default = {"sft": "sft", "dpo": "dpo", "grpo": "grpo"}.get(args.command, "quickstart")
         raw = C.merge(C.read_yaml(args.config or default), overrides)
         C.resolve(raw, args.command)

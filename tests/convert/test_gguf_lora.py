@@ -11,6 +11,7 @@ gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 
 from gguf_helpers import VARIANTS, rel_err, tiny_model, tiny_tokenizer, token_batch  # noqa: E402
+from model_helpers import randomize_lora_b  # noqa: E402
 
 from transformer_toolkit.lora import apply_lora  # noqa: E402
 from transformer_toolkit.lora.gguf import save_gguf_adapter  # noqa: E402
@@ -38,11 +39,7 @@ def test_llama_cpp_applies_our_adapter_to_our_export(name, targets, tok, tmp_pat
     model = tiny_model(tok.vocab_size, **VARIANTS[name])
     base = model.save_gguf(tmp_path / "base.gguf", tokenizer=tok, dtype="f32")
     apply_lora(model, r=4, alpha=6, targets=targets)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("lora_B"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    randomize_lora_b(model, seed=2)
     adapter = save_gguf_adapter(model, tmp_path / "adapter.gguf")
     reader = gguf.GGUFReader(adapter)
     assert reader.fields["general.type"].contents() == "adapter"

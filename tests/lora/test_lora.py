@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from model_helpers import ATTNS, FFNS, tiny_config
+from model_helpers import ATTNS, FFNS, randomize_lora_b, tiny_config
 
 from transformer_toolkit.lora import (
     LoRAConfig,
@@ -38,15 +38,6 @@ def _model(attn: str, ffn: str, **kw) -> Transformer:
     return Transformer(tiny_config(attn=attn, ffn=ffn, **extra, **kw)).eval()
 
 
-def _randomize(model) -> None:
-    """A trained-looking adapter: B != 0 (a fresh one is exactly zero)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("attn,ffn", VARIANTS)
 def test_adapter_is_exact_in_every_variant(attn, ffn):
     model = _model(attn, ffn)
@@ -57,7 +48,7 @@ def test_adapter_is_exact_in_every_variant(attn, ffn):
     apply_lora(model, LoRAConfig(r=4, alpha=8))
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], base, rtol=0, atol=1e-5)  # B = 0: the base model
-    _randomize(model)
+    randomize_lora_b(model)
     with torch.no_grad():
         adapted = model(x)[0]
         assert (adapted - base).abs().max() > 1e-2, "the adapter changes nothing"
@@ -83,7 +74,7 @@ def test_cached_decode_with_adapters_equals_full_forward(attn, ffn):
     causal, see model/moe.py.)"""
     model = _model(attn, ffn)
     apply_lora(model, r=4)
-    _randomize(model)
+    randomize_lora_b(model)
     prompt = torch.randint(0, 97, (2, 5))
     with torch.no_grad():
         out = model.generate(prompt, max_new=8, temperature=0)
@@ -100,7 +91,7 @@ def test_decode_kernels_keep_the_update(attn):
 
     model = _model(attn, "swiglu")
     apply_lora(model, r=4)
-    _randomize(model)
+    randomize_lora_b(model)
     x = torch.randint(0, 97, (2, 1))  # one new token per row
     with torch.no_grad():
         want = model(x)[0]
@@ -126,7 +117,7 @@ def test_prompt_cache_is_not_reused_across_disabling():
 
     model = _model("gqa", "swiglu")
     apply_lora(model, r=4)
-    _randomize(model)
+    randomize_lora_b(model)
     x = torch.randint(0, 97, (1, 6))
     pc = PromptCache()
     first = model.generate(x, 4, temperature=0, prompt_cache=pc)
@@ -141,7 +132,7 @@ def test_prompt_cache_is_not_reused_across_disabling():
 def test_only_adapters_train(attn, ffn):
     model = _model(attn, ffn).train()
     apply_lora(model, r=4)
-    _randomize(model)
+    randomize_lora_b(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
     loss = model(torch.randint(0, 97, (2, 10)))[0].logsumexp(-1).mean()
@@ -217,7 +208,7 @@ def test_targets_presets_patterns_and_errors():
 def test_adapter_state_save_and_load(tmp_path):
     model = _model("gqa", "moe_shared")
     apply_lora(model, r=4, targets=["attn", "ffn"], base="some/base.gguf")
-    _randomize(model)
+    randomize_lora_b(model)
     sd = adapter_state_dict(model)
     assert sd and all(k.endswith(("lora_A", "lora_B")) for k in sd)
     x = torch.randint(0, 97, (1, 9))
@@ -242,7 +233,7 @@ def test_adapter_state_save_and_load(tmp_path):
 def test_lora_dropout_only_in_training():
     model = _model("gqa", "swiglu")
     apply_lora(model, r=4, dropout=0.5)
-    _randomize(model)
+    randomize_lora_b(model)
     x = torch.randint(0, 97, (1, 8))
     with torch.no_grad():
         a, b = model(x)[0], model(x)[0]

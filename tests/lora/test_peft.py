@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from model_helpers import tiny_config
+from model_helpers import randomize_lora_b, tiny_config
 
 from transformer_toolkit.lora import apply_lora
 from transformer_toolkit.lora.peft import save_peft
@@ -34,11 +34,7 @@ def test_peft_loads_our_adapter_on_our_export(tmp_path, case):
     model = Transformer(tiny_config(**kw)).eval()
     model.save_pretrained(tmp_path / "base")
     apply_lora(model, r=4, alpha=12, targets=targets)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_lora_b(model, std=0.05)
     save_peft(model, tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 12

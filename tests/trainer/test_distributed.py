@@ -4,23 +4,16 @@ global batch: DDP (replicated) and FSDP2 (sharded), with gradient accumulation (
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import NEEDS_GLOO, torchrun
 
 HERE = Path(__file__).resolve().parent
 HANG_S = 150  # dist_worker.py dumps its stacks and exits after this long; a run takes ~5 s
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                       reason="needs torch.distributed with gloo"),
-]
+pytestmark = [pytest.mark.slow, NEEDS_GLOO]
 
 
 @pytest.fixture(scope="module")
@@ -32,36 +25,11 @@ def single(tmp_path_factory):
     return out
 
 
-def _torchrun(out: Path, parallel: str) -> subprocess.CompletedProcess:
-    """Run dist_worker.py on 2 ranks. The worker marks each rank that got past
-    ``init_distributed`` and dumps its stacks if it is still running after HANG_S, so a hang
-    in our code fails with tracebacks. A hang before both ranks started (torchrun's rendezvous or
-    gloo's connect, i.e. the machine's networking) is retried once on fresh ports."""
-    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "dist_worker.py"), str(out), parallel, "8"]
-    for attempt in range(2):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=HANG_S + 60)
-            return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
-            stdout, stderr = proc.communicate()
-        started = sorted(p.name for p in out.glob("rank*.started"))
-        if attempt == 0 and len(started) < 2:
-            continue
-        pytest.fail(f"torchrun did not finish in {HANG_S + 60} s (ranks started: {started}):\n"
-                    f"{stdout[-3000:]}{stderr[-3000:]}")
-    raise AssertionError("unreachable")
-
-
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, single, parallel):
-    proc = _torchrun(tmp_path, parallel)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # dist_worker.py marks each rank that got past init_distributed and dumps its stacks after
+    # HANG_S: a hang in our code fails with tracebacks, one in the machine's networking is retried
+    torchrun(HERE / "dist_worker.py", tmp_path, parallel, 8, timeout=HANG_S + 60, retry_unstarted=True)
     one = json.loads((single / "result.json").read_text())
     two = json.loads((tmp_path / "result.json").read_text())
     assert one["world"] == 1 and two["world"] == 2

@@ -71,6 +71,25 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=200_000, help="tokens read from each --data file")
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="run config YAML with an optional compare: section, or a recipe name "
+                                    "(default: compare-attention; also compare-ffn)")
+    p.add_argument("--vary", action="append", metavar="KEY=V1,V2", help="a grid axis, e.g. --vary model.attn=gqa,mla "
+                                                                        "(repeat for a grid; model.dim with 3+ values "
+                                                                        "is a scaling axis)")
+    p.add_argument("--budget", help="per variant: tokens=N, flops=N (active parameters), time=S (10m, 1h) or steps=N "
+                                    "(default: the config's, else train.max_steps)")
+    p.add_argument("--seeds", type=int, help="runs of each variant, seeds train.seed, +1, ... (default 1)")
+    p.add_argument("--tasks", nargs="+", help="evaluation tasks scored on each final model (e.g. bpb, synthetic)")
+    p.add_argument("--out", help="report folder, holding the data and every variant's run (default: runs/<name>)")
+    p.add_argument("--parallel", nargs="?", const="auto", metavar="N",
+                   help="several variants at once: one per CUDA device, or N worker processes; under torchrun each "
+                        "rank takes its share")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the variants in this process instead of one fresh process each (faster start; peak "
+                        "memory on a CPU then includes what earlier variants left)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -101,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, "quickstart")
     p.add_argument("--samples", nargs="*", default=SAMPLE_PROMPTS, help="prompts to sample at the end")
     p.add_argument("--max-new", type=int, default=60)
+
+    p = sub.add_parser("compare", help="train architecture variants on the same data under one budget and report "
+                                       "which is better (no arguments: recipe compare-attention)")
+    _compare_args(p)
 
     p = sub.add_parser("sft", help="fine-tune on conversations (no arguments: builtin:synthetic reverse/add)")
     _run_args(p, "sft")
@@ -187,15 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args, extra = ap.parse_known_args(["train", *argv])
     try:
-        from . import dpo, evaluate, grpo, interop, serve, train, use
+        from . import compare, dpo, evaluate, grpo, interop, serve, train, use
         from .config import parse_overrides
 
         overrides = parse_overrides(extra)
-        if overrides and args.command not in ("train", "sft", "dpo", "grpo"):
+        if overrides and args.command not in ("train", "sft", "dpo", "grpo", "compare"):
             raise ValueError(f"ttk {args.command} takes no config overrides (got --{next(iter(overrides))})")
         handlers = {"tokenizer": lambda: train.cmd_tokenizer(args), "prepare": lambda: train.cmd_prepare(args),
                     "train": lambda: train.cmd_train(args, overrides), "sft": lambda: use.cmd_sft(args, overrides),
                     "dpo": lambda: dpo.cmd_dpo(args, overrides), "grpo": lambda: grpo.cmd_grpo(args, overrides),
+                    "compare": lambda: compare.cmd_compare(args, overrides),
                     "generate": lambda: use.cmd_generate(args), "chat": lambda: use.cmd_chat(args),
                     "eval": lambda: evaluate.cmd_eval(args), "export": lambda: interop.cmd_export(args),
                     "push": lambda: interop.cmd_push(args), "pull": lambda: interop.cmd_pull(args),

@@ -30,7 +30,9 @@ from ..trainer import TrainConfig
 # installed wheel as well as from a checkout; the repository's recipes/ is a link to this folder.
 RECIPES = resources.files("transformer_toolkit") / "recipes"
 SECTIONS = ("model", "train", "data", "lora", "dpo", "grpo")
-TOP_LEVEL = ("name", "init") + SECTIONS
+# compare: the variants, budget and seeds of `ttk compare` (compare.plan.CompareConfig); other
+# commands train the base config and leave it aside
+TOP_LEVEL = ("name", "init") + SECTIONS + ("compare",)
 
 # data: keys that are not DataConfig / SFTDataConfig fields: where the text comes from and how
 # the tokenizer is made.

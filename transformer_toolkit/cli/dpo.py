@@ -12,10 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..store import load, runs
-from . import config as C
-from . import runfolder as R
-from .use import add_lora
+from . import posttrain as P
 
 DEFAULT_INIT = "runs/sft"  # the dpo recipe's init: what `ttk sft` writes
 
@@ -49,48 +46,24 @@ def _exact_match(model, tok, template, held: list[dict]) -> float:
     return hits / max(1, len(held))
 
 
-def _no_model_section(raw: dict) -> None:
-    if raw.get("model"):
-        raise ValueError("ttk dpo tunes the init model as it is; a model: section does not apply (drop it)")
-
-
 def cmd_dpo(args, overrides: dict) -> int:
     """Preference-tune the init model; report val preference accuracy (and exact match for built-in pairs)."""
-    import torch
-
     from ..dpo import DPOTrainer
 
-    with R.open_run(args, overrides, "dpo", "dpo", check=_no_model_section) as (run, raw, out):
-        if not run["init"]:
-            raise ValueError("ttk dpo starts from a model: give --init RUN (e.g. runs/sft) or --model PATH")
-        if run["init"] == DEFAULT_INIT and not os.path.exists(DEFAULT_INIT):  # else a Hub repo id would be tried
-            raise FileNotFoundError(f"init {DEFAULT_INIT!r} does not exist: run `ttk sft` first, or give --init RUN "
-                                    "or --model PATH")
-        resume = R.resume_target(args, runs.checkpoint_dir(out))
-        init = load(run["init"])  # a LoRA run's adapters merged: the base of this run's own
-        model, tok = init.model.train(), init.tokenizer
-        template, _ = init.chat_template()  # the init's own (the run's SFT template); data.template overrides
-        given = raw.get("data") or {}
-        data = {**run["data"].model_dump(exclude={"tokenizer", "template"}), "tokenizer": tok,
-                "template": given.get("template", template),
-                "seq_len": given.get("seq_len", min(model.cfg.max_seq, 512))}
-        run["data"] = data_cfg = C.build(type(run["data"]), "data", data)
-        runs.save_tokenizer(tok, out)
-        train_dl, val_dl, held = _loaders(run, tok, data_cfg)
-        train_cfg = R.train_config(run, out)
-        torch.manual_seed(train_cfg.seed)  # the adapters' initial weights are part of what a seed reproduces
-        add_lora(model, run)
+    with P.open_tuning(args, overrides, "dpo", DEFAULT_INIT, "ttk sft") as t:
+        data_cfg = P.data_config(t, seq_len=min(t.model.cfg.max_seq, 512))
+        train_dl, val_dl, held = _loaders(t.run, t.tok, data_cfg)
         t0 = time.time()
-        trainer = DPOTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok, dpo=run["dpo"],
-                             data_config=R.data_settings(run))
-        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model.cfg, train_cfg))
-    print(f"dpo: step {summary['step']}, reference {trainer.reference}, {time.time() - t0:.0f}s -> {out}")
+        trainer = P.make_trainer(t, DPOTrainer, train_dl, val_dl, dpo=t.run["dpo"])
+        summary = P.train(t, trainer)
+    print(f"dpo: step {summary['step']}, reference {trainer.reference}, {time.time() - t0:.0f}s -> {t.out}")
     if val_dl is not None:
         trainer.evaluate()
         acc = trainer.eval_stats.get("accuracy")
         print(f"preference accuracy {acc:.0%} on {len(val_dl.dataset)} held-out pairs "
               f"(margin {trainer.eval_stats.get('margin', 0.0):.3f})")
     if held:
-        model.eval()
-        print(f"exact match: {_exact_match(model, tok, data_cfg.template, held):.0%} on {len(held)} held-out prompts")
+        t.model.eval()
+        print(f"exact match: {_exact_match(t.model, t.tok, data_cfg.template, held):.0%} on {len(held)} held-out "
+              "prompts")
     return 0

@@ -13,10 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..store import load, runs
-from . import config as C
-from . import runfolder as R
-from .use import add_lora
+from . import posttrain as P
 
 DEFAULT_INIT = "runs/sft-hard"  # the grpo recipe's init: what `ttk sft --config sft-hard` writes
 
@@ -37,47 +34,24 @@ def _rows(run: dict) -> tuple[list[dict], list[dict] | None]:
                             "prompt rows")
 
 
-def _no_model_section(raw: dict) -> None:
-    if raw.get("model"):
-        raise ValueError("ttk grpo tunes the init model as it is; a model: section does not apply (drop it)")
-
-
 def cmd_grpo(args, overrides: dict) -> int:
     """Tune the init model with GRPO; report the held-out mean reward (greedy) before and after."""
-    import torch
-
     from ..grpo import GRPOTrainer, from_prompt_samples
 
-    with R.open_run(args, overrides, "grpo", "grpo", check=_no_model_section) as (run, raw, out):
-        if not run["init"]:
-            raise ValueError("ttk grpo starts from a model: give --init RUN (e.g. runs/sft-hard) or --model PATH")
-        if run["init"] == DEFAULT_INIT and not os.path.exists(DEFAULT_INIT):  # else a Hub repo id would be tried
-            raise FileNotFoundError(f"init {DEFAULT_INIT!r} does not exist: run `ttk sft --config sft-hard` first, "
-                                    "or give --init RUN or --model PATH")
-        resume = R.resume_target(args, runs.checkpoint_dir(out))
-        init = load(run["init"])  # a LoRA run's adapters merged: the base of this run's own
-        model, tok = init.model.train(), init.tokenizer
-        template, _ = init.chat_template()  # the init's own (the run's SFT template); data.template overrides
-        given, grpo = raw.get("data") or {}, run["grpo"]
-        room = model.cfg.max_seq - grpo.max_new
+    with P.open_tuning(args, overrides, "grpo", DEFAULT_INIT, "ttk sft --config sft-hard") as t:
+        grpo = t.run["grpo"]
+        room = t.model.cfg.max_seq - grpo.max_new
         if room < 1:
             raise ValueError(f"grpo.max_new={grpo.max_new} leaves no room for a prompt in the model's max_seq="
-                             f"{model.cfg.max_seq}; lower grpo.max_new")
-        data = {**run["data"].model_dump(exclude={"tokenizer", "template"}), "tokenizer": tok,
-                "template": given.get("template", template), "max_prompt_len": given.get("max_prompt_len", room)}
-        run["data"] = data_cfg = C.build(type(run["data"]), "data", data)
-        runs.save_tokenizer(tok, out)
-        train_rows, held = _rows(run)
-        train_dl, val_dl = from_prompt_samples(train_rows, tok, data_cfg, val_rows=held)
-        train_cfg = R.train_config(run, out)
-        torch.manual_seed(train_cfg.seed)  # the adapters' initial weights are part of what a seed reproduces
-        add_lora(model, run)
-        trainer = GRPOTrainer(model, train_dl, val_dl, tok.vocab_size, train_cfg, tokenizer=tok, grpo=grpo,
-                              data_config=R.data_settings(run))
+                             f"{t.model.cfg.max_seq}; lower grpo.max_new")
+        data_cfg = P.data_config(t, max_prompt_len=room)
+        train_rows, held = _rows(t.run)
+        train_dl, val_dl = from_prompt_samples(train_rows, t.tok, data_cfg, val_rows=held)
+        trainer = P.make_trainer(t, GRPOTrainer, train_dl, val_dl, grpo=grpo)
         before = trainer.evaluate(every_prompt=True) if val_dl is not None else None
         t0 = time.time()
-        summary = trainer.train(resume_from=resume, on_start=R.config_writer(run, out, model.cfg, train_cfg))
-    print(f"grpo: step {summary['step']}, {time.time() - t0:.0f}s -> {out}")
+        summary = P.train(t, trainer)
+    print(f"grpo: step {summary['step']}, {time.time() - t0:.0f}s -> {t.out}")
     if before is not None:
         after = trainer.evaluate(every_prompt=True)
         names = "+".join(name for name, _ in trainer.rewards)

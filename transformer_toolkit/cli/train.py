@@ -76,7 +76,19 @@ def tokenizer_for(run: dict, out: Path, texts, wanted: dict, resuming: bool):
 def pretrain_loaders(run: dict, out: Path, resuming: bool):
     """(tokenizer, train_dl, val_dl); text corpora are tokenised once into out/data/tokens.bin
     (again when the corpus or the tokenizer changed since)."""
-    from ..data import from_binary, tokenize_files
+    from ..data import from_binary
+
+    tok, tokens = token_file(run, out, resuming)
+    train_dl, val_dl = from_binary(tokens, run["data"], tokenizer=tok)
+    return tok, train_dl, val_dl
+
+
+def token_file(run: dict, out: Path, resuming: bool):
+    """(tokenizer, token file): data.corpus itself when it is a token file, else the text
+    corpus tokenised once into out/data/tokens.bin (again when the corpus or the tokenizer
+    changed since), with a tokenizer trained when none is given. ``resuming``: checkpoints
+    trained with out's tokenizer exist, so it may not be replaced."""
+    from ..data import tokenize_files
     from ..tokenizer import load_tokenizer
 
     ex = run["extras"]
@@ -104,8 +116,7 @@ def pretrain_loaders(run: dict, out: Path, resuming: bool):
             n = tokenize_files(paths, tok, tokens, bos_id=tok.bos_id, eos_id=tok.eos_id)
             runs.record_made_from(out, "data/tokens.bin", tokens_from)
             print(f"prepare: {n:,} tokens from {len(paths)} file(s) ({time.time() - t0:.0f}s)")
-    train_dl, val_dl = from_binary(tokens, run["data"], tokenizer=tok)
-    return tok, train_dl, val_dl
+    return tok, tokens
 
 
 def cmd_train(args, overrides: dict) -> int:

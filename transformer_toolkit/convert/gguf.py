@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -105,15 +107,11 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
     check_vocab(model, tokenizer)
     template = as_template(template)
     vocab = vocab_metadata(tokenizer, cfg.vocab_size) if tokenizer is not None else None
-    gguf = _gguf()
-    path = os.fspath(path)
-    tmp = temp_path_for(path)  # the writer creates it with a normal file's mode
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
+    with gguf_writer(path, arch) as w:
         w.add_name("transformer-toolkit model")
         w.add_file_type(FILE_TYPES[dtype])
         if dtype == "q8_0":
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            w.add_quantization_version(_gguf().GGML_QUANT_VERSION)
         (gguf_gpt2.write_hparams if arch == "gpt2" else _write_hparams)(w, cfg)
         if vocab is not None:
             write_vocab(w, vocab, _eot_id(tokenizer, template))
@@ -121,7 +119,21 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
         if jinja:
             w.add_chat_template(jinja)
         _add_tensors(w, model, arch, dtype)
+    return os.fspath(path)
+
+
+@contextmanager
+def gguf_writer(path: str | os.PathLike, arch: str) -> Iterator:
+    """A ``gguf.GGUFWriter`` for ``arch`` to fill in the block; when the block ends without error
+    the file is written to a temporary name next to ``path`` and renamed to it, so ``path``
+    appears complete or not at all (an error leaves nothing behind)."""
+    gguf = _gguf()
+    path = os.fspath(path)
+    tmp = temp_path_for(path)  # the writer creates it with a normal file's mode
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
         try:
+            yield w
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
@@ -131,7 +143,6 @@ def save_gguf(model: Transformer, path: str | os.PathLike, tokenizer=None, templ
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
 
 
 def _add_tensors(w, model: Transformer, arch: str, dtype: str) -> None:

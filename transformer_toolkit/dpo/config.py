@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from ..config_base import StrictConfig, check_choice
-from ..tokenizer.templates import ChatTemplate
+from ..sft.config import ChatDataConfig
 
 LOSSES = ("sigmoid", "ipo", "hinge", "simpo")
 REFERENCES = ("auto", "model", "adapter", "precomputed", "none")
@@ -46,7 +46,7 @@ class DPOConfig(StrictConfig):
         return self
 
 
-class PreferenceDataConfig(StrictConfig):
+class PreferenceDataConfig(ChatDataConfig):
     """Settings of the preference loaders.
 
     ``seq_len``: the longest row (prompt + response) in tokens; a longer pair keeps its start (the
@@ -56,7 +56,6 @@ class PreferenceDataConfig(StrictConfig):
     ``chat`` (a user turn and an assistant turn in ``template``).
     """
 
-    tokenizer: Any = Field(default=None, exclude=True)
     seq_len: int = 512
     batch_size: int = 4
     split: float = 0.9
@@ -72,12 +71,6 @@ class PreferenceDataConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PreferenceDataConfig:
-        if isinstance(self.template, str):
-            self.template = ChatTemplate(self.template)
-        elif isinstance(self.template, dict):
-            self.template = ChatTemplate.from_dict(self.template)
-        elif not isinstance(self.template, ChatTemplate):
-            raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
         check_choice("strings", self.strings, ("text", "chat"))
         if self.seq_len < 2 or self.batch_size < 1:
             raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {self.seq_len} and {self.batch_size}")
@@ -86,8 +79,3 @@ class PreferenceDataConfig(StrictConfig):
         if self.num_workers < 0 or self.seed < 0:
             raise ValueError("num_workers and seed must be >= 0")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.model_dump(exclude={"tokenizer", "template"})
-        d["template"] = self.template.to_dict()
-        return d

@@ -14,19 +14,16 @@ the progress line.
 
 from __future__ import annotations
 
-import copy
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..lora import adapters, disabled
-from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
-from ..trainer import distributed as D
 from ..trainer.batches import Batch, unpack
+from ..trainer.reference import frozen_copy, frozen_eval, place, same_reference
 from .config import DPOConfig
 from .loss import preference_loss, sequence_logps
 
@@ -48,19 +45,11 @@ class DPOTrainer(Trainer):
                  data_config: dict | None = None):
         self.dpo = dpo if isinstance(dpo, DPOConfig) else DPOConfig(**(dpo or {}))
         self.reference = self._pick_reference(model, train_dl, ref_model)
-        ref, self._ref_print = None, None
-        if self.reference == "model":  # copied before the Trainer moves, shards or wraps the model
-            ref = ref_model if ref_model is not None else copy.deepcopy(model)
-            for p in ref.parameters():
-                p.requires_grad_(False)
-            self._ref_print = fingerprint(list(ref.parameters()))  # checked on resume
+        # the reference copy is made before the Trainer moves, shards or wraps the model
+        ref, self._ref_print = frozen_copy(model, ref_model) if self.reference == "model" else (None, None)
         super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
                          data_config=data_config)
-        self.ref_model = None
-        if ref is not None:
-            self.ref_model = ref.to(self.device).eval()
-            if self.dist.enabled and self.cfg.parallel == "fsdp":
-                D.shard_fsdp(self.ref_model)
+        self.ref_model = None if ref is None else place(ref, self)
         self._ref_table: Tensor | None = None  # (pairs, 2) for reference="precomputed" without data columns
 
     def _pick_reference(self, model: nn.Module, train_dl, ref_model) -> str:
@@ -97,17 +86,6 @@ class DPOTrainer(Trainer):
         return loss.sum(), aux
 
     # the reference -------------------------------------------------------------------------
-    @contextmanager
-    def _frozen_eval(self, model: nn.Module):
-        """No grad, eval mode (no dropout: the reference is deterministic and draws no RNG)."""
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            model.train(was)
-
     def _logps(self, model: nn.Module, batch: Batch) -> Tensor:
         out = model(batch.x)
         logits = out[0] if isinstance(out, tuple) else out
@@ -123,9 +101,9 @@ class DPOTrainer(Trainer):
             rows = self._ref_table.to(batch.x.device)[batch.extra["pair_index"]]  # (N, 2)
             return torch.cat([rows[:, 0], rows[:, 1]])
         if self.reference == "adapter":
-            with self._frozen_eval(self.model), disabled(self.model):
+            with frozen_eval(self.model), disabled(self.model):
                 return self._logps(self.eval_model, batch)
-        with self._frozen_eval(self.ref_model):
+        with frozen_eval(self.ref_model):
             return self._logps(self.ref_model, batch)
 
     def _precompute(self) -> Tensor:
@@ -140,7 +118,7 @@ class DPOTrainer(Trainer):
                              "ref_chosen_logps / ref_rejected_logps columns)")
         table = torch.full((max(ds.offset + len(ds) for ds in sets), 2), math.nan, dtype=torch.float32)
         size = max(1, getattr(self.train_dl, "batch_size", 8))
-        with self._frozen_eval(self.model):
+        with frozen_eval(self.model):
             for ds in sets:
                 for a in range(0, len(ds), size):
                     batch = unpack(ds.__getitems__(range(a, min(a + size, len(ds))))).to(self.device)
@@ -158,9 +136,7 @@ class DPOTrainer(Trainer):
     def load_extra_state(self, state: dict) -> None:
         """The precomputed table comes back; a frozen-copy reference must be the one the run started with."""
         self._ref_table = state.get("ref_logps", self._ref_table)
-        saved = state.get("ref_fingerprint")
-        if self._ref_print is not None and saved is not None and not (
-                saved.shape == self._ref_print.shape and torch.allclose(saved, self._ref_print, rtol=1e-6)):
+        if not same_reference(state.get("ref_fingerprint"), self._ref_print):
             raise ValueError("the reference model differs from the one this run started with: build the DPOTrainer "
                              "from the starting weights (the run's init; the checkpoint then restores the trained "
                              "ones), or pass that model as ref_model")

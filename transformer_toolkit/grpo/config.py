@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ..config_base import StrictConfig, check_choice
-from ..tokenizer.templates import ChatTemplate
+from ..sft.config import ChatDataConfig
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 SCALES = ("group", "none")
@@ -72,7 +72,7 @@ class GRPOConfig(StrictConfig):
         return self
 
 
-class PromptDataConfig(StrictConfig):
+class PromptDataConfig(ChatDataConfig):
     """Settings of the prompt loaders.
 
     Rows are TRL's prompt-only format: ``prompt`` (a string, or a list of messages) plus any
@@ -83,7 +83,6 @@ class PromptDataConfig(StrictConfig):
     filled in by the trainer's caller (``ttk grpo``).
     """
 
-    tokenizer: Any = Field(default=None, exclude=True)
     batch_size: int = 8
     split: float = 0.9
     template: Any = "chatml"
@@ -94,12 +93,6 @@ class PromptDataConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PromptDataConfig:
-        if isinstance(self.template, str):
-            self.template = ChatTemplate(self.template)
-        elif isinstance(self.template, dict):
-            self.template = ChatTemplate.from_dict(self.template)
-        elif not isinstance(self.template, ChatTemplate):
-            raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
         check_choice("strings", self.strings, ("text", "chat"))
         if self.batch_size < 1 or self.max_prompt_len < 1:
             raise ValueError(f"batch_size and max_prompt_len must be >= 1, got {self.batch_size}, "
@@ -109,8 +102,3 @@ class PromptDataConfig(StrictConfig):
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.model_dump(exclude={"tokenizer", "template"})
-        d["template"] = self.template.to_dict()
-        return d

@@ -19,7 +19,6 @@ tokens whose ratio was clipped). Evals sample one greedy completion per val prom
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 
 import torch
@@ -29,10 +28,10 @@ from torch import Tensor
 from ..inference.groups import sample_groups
 from ..inference.sampling import SamplingParams
 from ..lora import adapters, disabled
-from ..store.checkpoint import fingerprint
 from ..trainer import Trainer
 from ..trainer import distributed as D
 from ..trainer.batches import Batch
+from ..trainer.reference import frozen_copy, frozen_eval, place, same_reference
 from .config import GRPOConfig
 from .loss import grpo_token_loss, reduce_loss, token_logps
 from .rewards import check_columns, resolve, score
@@ -81,19 +80,11 @@ class GRPOTrainer(Trainer):
                 self.reference = "adapter" if adapters(model) and ref_model is None else "model"
             if self.reference == "adapter" and not adapters(model):
                 raise ValueError("reference='adapter' needs a model with LoRA adapters; use reference='model'")
-        ref = None
-        if self.reference == "model":  # copied before the Trainer moves, shards or wraps the model
-            ref = ref_model if ref_model is not None else copy.deepcopy(model)
-            for p in ref.parameters():
-                p.requires_grad_(False)
+        # the reference copy is made before the Trainer moves, shards or wraps the model
+        ref, self._ref_print = frozen_copy(model, ref_model) if self.reference == "model" else (None, None)
         super().__init__(model, train_dl, val_dl, vocab_size, cfg, tokenizer, uploader=uploader,
                          data_config=data_config)
-        self.ref_model = None
-        if ref is not None:
-            self.ref_model = ref.to(self.device).eval()
-            if self.dist.enabled and self.cfg.parallel == "fsdp":
-                D.shard_fsdp(self.ref_model)
-        self._ref_print = fingerprint(list(ref.parameters())) if ref is not None else None
+        self.ref_model = None if ref is None else place(ref, self)
         max_prompt = max(int(i.shape[0]) for i in data.ids)
         if max_prompt + self.grpo.max_new > self.model.cfg.max_seq:
             raise ValueError(f"prompts of up to {max_prompt} tokens + max_new={self.grpo.max_new} exceed the model's "
@@ -124,14 +115,9 @@ class GRPOTrainer(Trainer):
 
     @contextmanager
     def _frozen_eval(self, model: nn.Module):
-        """No grad, eval mode (no dropout: deterministic and no RNG drawn)."""
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), self.precision.autocast():
-                yield
-        finally:
-            model.train(was)
+        """``frozen_eval`` under the run's autocast, as the rollouts are sampled."""
+        with frozen_eval(model), self.precision.autocast():
+            yield
 
     def _logps(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         out = model(x)
@@ -228,9 +214,7 @@ class GRPOTrainer(Trainer):
         return {"ref_fingerprint": self._ref_print} if self._ref_print is not None else {}
 
     def load_extra_state(self, state: dict) -> None:
-        saved = state.get("ref_fingerprint")
-        if self._ref_print is not None and saved is not None and not (
-                saved.shape == self._ref_print.shape and torch.allclose(saved, self._ref_print, rtol=1e-6)):
+        if not same_reference(state.get("ref_fingerprint"), self._ref_print):
             raise ValueError("the reference model differs from the one this run started with: build the GRPOTrainer "
                              "from the starting weights (the checkpoint then restores the trained ones), or pass "
                              "that model as ref_model")

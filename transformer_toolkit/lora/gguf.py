@@ -17,7 +17,6 @@ import os
 import numpy as np
 import torch.nn as nn
 
-from ..atomic import temp_path_for
 from .apply import adapters
 from .layers import ADAPTERS, LoRALinear
 
@@ -60,7 +59,7 @@ def gguf_adapter_tensors(model: nn.Module) -> dict[str, np.ndarray]:
 
 def save_gguf_adapter(model: nn.Module, path: str | os.PathLike, dtype: str = "f32") -> str:
     """Write the adapters as a llama.cpp LoRA GGUF (``dtype`` "f32" or "f16"); returns the path."""
-    from ..convert.gguf import _gguf, gguf_arch
+    from ..convert.gguf import _gguf, gguf_arch, gguf_writer
 
     info = getattr(model, "adapter_info", None)
     if not adapters(model) or info is None:
@@ -71,24 +70,11 @@ def save_gguf_adapter(model: nn.Module, path: str | os.PathLike, dtype: str = "f
         raise ValueError(f"dtype={dtype!r}: a LoRA GGUF holds {' or '.join(DTYPES)} tensors")
     tensors = gguf_adapter_tensors(model)
     gguf = _gguf()
-    path = os.fspath(path)
-    tmp = temp_path_for(path)
-    try:
-        w = gguf.GGUFWriter(tmp, gguf_arch(model.cfg))
+    with gguf_writer(path, gguf_arch(model.cfg)) as w:
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_name("transformer-toolkit LoRA adapter")
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(info["config"]["alpha"]))
         for name, array in tensors.items():
             w.add_tensor(name, array.astype(np.float16) if dtype == "f16" else array)
-        try:
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)

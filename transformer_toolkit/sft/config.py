@@ -1,4 +1,5 @@
-"""SFTDataConfig: how conversations become training rows."""
+"""SFTDataConfig: how conversations become training rows; ChatDataConfig, the base it shares with
+the preference and prompt data configs (``dpo``, ``grpo``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,31 @@ from .render import SCHEMAS
 warnings.filterwarnings("ignore", message='Field name "schema" in "SFTDataConfig" shadows')
 
 
-class SFTDataConfig(StrictConfig):
+class ChatDataConfig(StrictConfig):
+    """The base of the data configs whose rows are rendered in a chat template (SFT, preference
+    pairs, prompts): ``tokenizer`` (not serialised), and ``template`` (a field of each subclass,
+    where its order is the config's), a preset name, a ``ChatTemplate`` or its dict, made a
+    ``ChatTemplate`` before the subclass's own checks and written by ``to_dict`` as its dict."""
+
+    tokenizer: Any = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_template(self) -> ChatDataConfig:
+        if isinstance(self.template, str):
+            self.template = ChatTemplate(self.template)
+        elif isinstance(self.template, dict):
+            self.template = ChatTemplate.from_dict(self.template)
+        elif not isinstance(self.template, ChatTemplate):
+            raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(exclude={"tokenizer", "template"})
+        d["template"] = self.template.to_dict()
+        return d
+
+
+class SFTDataConfig(ChatDataConfig):
     """Settings of the SFT loaders.
 
     ``tokenizer`` (optional here, since every loader also takes it) supplies ``bos_id``,
@@ -26,7 +51,6 @@ class SFTDataConfig(StrictConfig):
     attend to each other (batches then carry a fourth tensor, the document ids).
     """
 
-    tokenizer: Any = Field(default=None, exclude=True)
     seq_len: int = 512
     batch_size: int = 8
     split: float = 0.9
@@ -51,12 +75,6 @@ class SFTDataConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SFTDataConfig:
-        if isinstance(self.template, str):
-            self.template = ChatTemplate(self.template)
-        elif isinstance(self.template, dict):
-            self.template = ChatTemplate.from_dict(self.template)
-        elif not isinstance(self.template, ChatTemplate):
-            raise ValueError(f"template must be a preset name or a ChatTemplate, got {type(self.template).__name__}")
         check_choice("schema", self.schema, SCHEMAS)
         check_choice("truncation_strategy", self.truncation_strategy, ("token", "turn"))
         if self.tokenizer is not None:
@@ -64,8 +82,3 @@ class SFTDataConfig(StrictConfig):
                 if getattr(self, name) is None:
                     setattr(self, name, getattr(self.tokenizer, name, None))
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.model_dump(exclude={"tokenizer", "template"})
-        d["template"] = self.template.to_dict()
-        return d

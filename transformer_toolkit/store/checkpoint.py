@@ -7,6 +7,7 @@ A checkpoint is one ``torch.save``'d dict (``save_checkpoint`` writes it, the Tr
     model               the full model state dict (``model.load_state_dict(ckpt["model"])`` works)
     optimizer, scaler   optimizer state dict; GradScaler state dict or None
     step                optimizer steps completed
+    elapsed             seconds spent training (the clock of ``max_time``)
     best_val_loss       best validation loss so far (inf before the first eval)
     val_loss            the latest validation loss, or None
     model_config        the model's TransformerConfig as a plain dict (None for other modules)

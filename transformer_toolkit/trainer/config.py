@@ -34,6 +34,9 @@ class TrainConfig(StrictConfig):
 
     # steps
     max_steps: int = 10000
+    # wall-clock seconds of training (steps, evals and saves; resume-aware): the run ends at whichever of
+    # max_steps and max_time comes first, with the final eval and checkpoint; the cosine then follows time
+    max_time: float | None = None
     eval_every: int = 500
     save_every: int = 1000
     log_every: int = 50
@@ -99,7 +102,8 @@ class TrainConfig(StrictConfig):
               "keep_last_n": {"ge": 1, "hint": " or None (keep every step checkpoint)"},
               "warmup_steps": {"ge": 0}, "lr": {"gt": 0}, "min_lr": {"ge": 0}, "weight_decay": {"ge": 0},
               "beta1": {"ge": 0, "lt": 1}, "beta2": {"ge": 0, "lt": 1}, "eps": {"gt": 0},
-              "grad_clip": {"ge": 0, "hint": " (0 disables clipping)"}, "seed": {"ge": 0}}
+              "grad_clip": {"ge": 0, "hint": " (0 disables clipping)"}, "seed": {"ge": 0},
+              "max_time": {"gt": 0, "hint": " seconds or None (no time limit)"}}
 
     @model_validator(mode="after")
     def _validate(self) -> TrainConfig:

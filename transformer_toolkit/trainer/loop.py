@@ -109,6 +109,8 @@ class Trainer(PersistMixin):
 
             self.tasks = TrainingTasks(self.cfg.eval_tasks, tokenizer, val_dl)
         self.step, self.best_val_loss, self.val_loss = 0, math.inf, None
+        self.elapsed = 0.0  # seconds spent in the training loop, over every resume (for max_time)
+        self._clock = time.perf_counter()
         self._bad_steps, self._checked_batch, self._stop_requested = 0, False, False
         self._signals: StopSignals | None = None
         self._mfu_flops, self._peak_flops = None, peak_flops(self.device)
@@ -199,10 +201,12 @@ class Trainer(PersistMixin):
         norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
+        # max_time is decided here, in the step's one collective, so that every rank ends on the same step
+        time_up = cfg.max_time is not None and time.perf_counter() - self._clock >= cfg.max_time
         # The one host sync of the step: the NaN guard must decide before the update.
         gnorm, n = torch.stack([norm.detach().float(), n_tokens.float()]).tolist()
-        (ce, aux, stop_votes), stats = self._reduce_stats(
-            [ce_acc, aux_acc, torch.tensor(float(stop), device=self.device)], n)
+        flags = [torch.tensor(float(stop), device=self.device), torch.tensor(float(time_up), device=self.device)]
+        (ce, aux, stop_votes, time_votes), stats = self._reduce_stats([ce_acc, aux_acc, *flags], n)
         ce, aux = ce / world, aux / world
         ok = math.isfinite(ce) and math.isfinite(aux) and (self.scaler is not None or math.isfinite(gnorm))
         if ok:
@@ -222,7 +226,7 @@ class Trainer(PersistMixin):
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b.x.numel() for b in batches) * world
         return {"loss": ce, "aux": aux, "grad_norm": gnorm, "ok": ok, "stop": stop_votes > 0, "tokens": tokens,
-                "seq_len": batches[0].x.shape[1], "stats": stats}
+                "seq_len": batches[0].x.shape[1], "stats": stats, "time_up": time_votes > 0}
 
     # evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -268,7 +272,8 @@ class Trainer(PersistMixin):
         self.progress.eval_line(self.step, val, prev, is_best, self.loss_is_nll, self.eval_stats)
         if self.metrics:
             ppl = {"ppl": math.exp(val) if val < 50 else math.inf} if self.loss_is_nll else {}
-            self.metrics.log("eval", self.step, val_loss=val, **ppl, best=is_best, **self.eval_stats)
+            self.metrics.log("eval", self.step, val_loss=val, **ppl, best=is_best, elapsed=round(self.elapsed, 3),
+                             **self.eval_stats)
             self.metrics.plot()
         if is_best and self.cfg.save_best:
             if self._weights_finite():
@@ -292,11 +297,12 @@ class Trainer(PersistMixin):
 
     # the loop ------------------------------------------------------------------------------
     def train(self, resume_from: str | None = None, on_start: Callable[[], None] | None = None) -> dict:
-        """Train to ``cfg.max_steps``. ``resume_from``: None (continue from this trainer's state,
-        step 0 for a new one), a checkpoint path, or "auto" (the newest of pause.pt / step_N.pt
-        in ``ckpt_dir``; a fresh start when there is none). Resuming from a checkpoint older
-        than others in ``ckpt_dir`` starts a new trajectory: the later ones are moved aside (to
-        ``ckpt_dir/abandoned/``), never deleted nor resumed by "auto".
+        """Train to ``cfg.max_steps`` (or ``cfg.max_time``, if that comes first). ``resume_from``:
+        None (continue from this trainer's state, step 0 for a new one), a checkpoint path, or
+        "auto" (the newest of pause.pt / step_N.pt in ``ckpt_dir``; a fresh start when there is
+        none). Resuming from a checkpoint older than others in ``ckpt_dir`` starts a new
+        trajectory: the later ones are moved aside (to ``ckpt_dir/abandoned/``), never deleted
+        nor resumed by "auto".
 
         ``on_start`` is called once the state is restored and steps are about to run (``ttk``
         writes the run's config.yaml there, so a start that fails leaves it as it was).
@@ -315,8 +321,10 @@ class Trainer(PersistMixin):
                 self._set_aside_later()
         elif self.step == 0:
             self._seed()
-        if self.step >= cfg.max_steps:
-            self.progress.message(f"already at step {self.step} >= max_steps={cfg.max_steps}: nothing to train")
+        if self.step >= cfg.max_steps or self._time_up():
+            done = f"max_time={cfg.max_time:g}s" if self.step < cfg.max_steps else f"max_steps={cfg.max_steps}"
+            self.progress.message(f"already at step {self.step}, {self.elapsed:.0f}s trained: {done} reached, "
+                                  "nothing to train")
             D.barrier(self.dist)  # the last collective of a run must be one a teardown survives
             return self._summary(paused=False)
         if on_start is not None and self.dist.is_main:
@@ -369,35 +377,39 @@ class Trainer(PersistMixin):
     def _loop(self, signals: StopSignals) -> bool:
         cfg, start_step = self.cfg, self.step
         t_start = time.perf_counter()
+        self._clock = t_start - self.elapsed  # elapsed = now - _clock, continuing a resumed run's time
         losses, tokens, step_time, stats = [], 0, 0.0, []  # since the last kept log line
         push_every = cfg.hub_push_interval
         while self.step < cfg.max_steps:
-            lr = lr_at(self.step, cfg)
+            lr = lr_at(self.step, cfg, self.elapsed)
             t0 = time.perf_counter()
             out = self._train_step(lr, signals.requested or self._stop_requested)
             now = time.perf_counter()
             self.step += 1
+            self.elapsed = now - self._clock  # evals and saves included: wall-clock time
+            last = self.step == cfg.max_steps or out["time_up"]
             self._guard(out, lr)
             if out["ok"]:
                 losses.append(out["loss"])
                 stats.append(out["stats"])
             # tok/s counts training steps only (not evals or saves); the ETA counts everything.
             tokens, step_time = tokens + out["tokens"], step_time + (now - t0)
-            keep = self.step % cfg.log_every == 0 or self.step == cfg.max_steps
+            keep = self.step % cfg.log_every == 0 or last
             if self.progress.mode != "none" or keep:
                 tok_s = tokens / max(step_time, 1e-9)
                 loss = sum(losses) / len(losses) if losses else out["loss"]
                 means = {k: sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else {})}
                 eta = (now - t_start) / (self.step - start_step) * (cfg.max_steps - self.step)
+                if cfg.max_time is not None:
+                    eta = min(eta, max(0.0, cfg.max_time - self.elapsed))
                 shown = {k: means[k] for k in self.progress_stats if k in means}
                 self.progress.step(self.progress.step_line(self.step, cfg.max_steps, loss, lr, tok_s, eta,
                                                            self._mfu(tok_s, out["seq_len"]), shown), keep)
             if keep:
                 if self.metrics and losses:
                     self.metrics.log("train", self.step, loss=loss, lr=lr, tok_s=round(tok_s), aux=out["aux"],
-                                     grad_norm=out["grad_norm"], **means)
+                                     grad_norm=out["grad_norm"], elapsed=round(self.elapsed, 3), **means)
                 losses, tokens, step_time, stats = [], 0, 0.0, []
-            last = self.step == cfg.max_steps
             if self.step % cfg.eval_every == 0 or last:
                 self._eval_and_keep_best()
             if self.tasks is not None and (self.step % (cfg.eval_tasks_every or cfg.eval_every) == 0 or last):
@@ -415,6 +427,8 @@ class Trainer(PersistMixin):
                 if cfg.hf_push_on_pause:
                     self._push("pause")
                 return True
+            if last:
+                break
         if cfg.hf_push_end:
             self._push("end")
         self.progress.message(f"done: {self.step} steps, best val loss {self.best_val_loss:.4f}")
@@ -434,6 +448,9 @@ class Trainer(PersistMixin):
                 f"(lr {lr:.2e}). Lower lr or warm up longer, keep grad_clip on, try precision='bf16' instead of "
                 f"fp16, and check the data; then resume from the last good checkpoint in {self.cfg.ckpt_dir}")
 
+    def _time_up(self) -> bool:
+        return self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time
+
     def _mfu(self, tok_s: float, seq_len: int) -> float | None:
         if self._peak_flops is None:
             return None
@@ -443,4 +460,4 @@ class Trainer(PersistMixin):
 
     def _summary(self, paused: bool) -> dict:
         return {"step": self.step, "best_val_loss": self.best_val_loss, "val_loss": self.val_loss, "paused": paused,
-                "tasks": self.task_scores}
+                "tasks": self.task_scores, "elapsed": self.elapsed}

@@ -21,9 +21,21 @@ BF16_PEAK = {
 }
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
+def idle_expert_params(model: nn.Module) -> int:
+    """Expert weights a token does not pass through (0 for a dense model): the total less this
+    is the model's active parameter count."""
     from ..model.moe import ExpertChoiceMoE, TokenChoiceMoE
 
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (TokenChoiceMoE, ExpertChoiceMoE)):
+            per_token = m.top_k if isinstance(m, TokenChoiceMoE) else m.capacity
+            total = m.experts.gate_proj.shape[0]
+            n += round(sum(p.numel() for p in m.experts.parameters()) * (1 - min(per_token, total) / total))
+    return n
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
     n = sum(p.numel() for p in model.parameters())
     embed = getattr(model, "embed", None)
     if isinstance(embed, nn.Embedding) and embed.weight is not getattr(getattr(model, "head", None), "weight", None):
@@ -31,11 +43,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     pos = getattr(getattr(model, "pos", None), "weight", None)
     if isinstance(pos, nn.Parameter):
         n -= pos.numel()  # learned positions: a lookup too
-    for m in model.modules():  # experts a token does not pass through do no work for it
-        if isinstance(m, (TokenChoiceMoE, ExpertChoiceMoE)):
-            per_token = m.top_k if isinstance(m, TokenChoiceMoE) else m.capacity
-            total = m.experts.gate_proj.shape[0]
-            n -= round(sum(p.numel() for p in m.experts.parameters()) * (1 - min(per_token, total) / total))
+    n -= idle_expert_params(model)  # experts a token does not pass through do no work for it
     cfg = getattr(model, "cfg", None)
     attn = 12 * cfg.n_layers * cfg.dim * seq_len if cfg is not None else 0
     return 6 * n + attn

@@ -32,12 +32,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, elapsed: float | None = None) -> float:
     """The learning rate of optimizer step ``step`` (0-based, so the first step is 0).
 
     Linear warmup: ``lr * (step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then
     a cosine from ``lr`` down to exactly ``min_lr`` at the last step (``max_steps - 1``); steps
-    past ``max_steps`` (a run extended on resume) stay at ``min_lr``.
+    past ``max_steps`` (a run extended on resume) stay at ``min_lr``. With ``cfg.max_time`` and
+    ``elapsed`` (seconds trained so far) the cosine's progress is the larger of the step
+    fraction and the time fraction ``elapsed / max_time``, so a run that will end on time still
+    decays to ``min_lr`` when it ends.
 
     >>> cfg = TrainConfig(max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
     >>> lr_at(99, cfg), lr_at(999, cfg)
@@ -49,4 +52,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if decay_steps <= 0:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps + 1) / decay_steps)
+    if cfg.max_time is not None and elapsed is not None:
+        progress = max(progress, min(1.0, elapsed / cfg.max_time))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

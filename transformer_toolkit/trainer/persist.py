@@ -70,7 +70,7 @@ class PersistMixin:
             save_checkpoint(
                 path, kind=kind, model=model_sd, optimizer=optim_sd,
                 scaler=self.scaler.state_dict() if self.scaler else None,
-                step=self.step, best_val_loss=self.best_val_loss, val_loss=self.val_loss,
+                step=self.step, best_val_loss=self.best_val_loss, val_loss=self.val_loss, elapsed=self.elapsed,
                 model_config=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
                 train_config=self.cfg.to_dict(), data_config=self.data_config, rng=rng, data=data,
                 world_size=self.dist.world_size, frozen=self._fingerprint,
@@ -96,6 +96,7 @@ class PersistMixin:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_val_loss, self.val_loss = ckpt["step"], ckpt["best_val_loss"], ckpt.get("val_loss")
+        self.elapsed = float(ckpt.get("elapsed", 0.0))  # older checkpoints: no time recorded
         changed = _changed(ckpt.get("train_config"), self.cfg.to_dict())
         changed += _changed(ckpt.get("data_config"), self.data_config, "data.")
         if changed:
