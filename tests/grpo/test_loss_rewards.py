@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from transformer_toolkit.grpo import GRPOConfig, exact_match, numeric_answer, regex_match
+from transformer_toolkit.grpo import GRPOConfig, char_match, exact_match, numeric_answer, regex_match
 from transformer_toolkit.grpo.loss import group_advantages, grpo_token_loss, reduce_loss
 from transformer_toolkit.grpo.rewards import check_columns, resolve, score
 
@@ -102,6 +104,26 @@ def test_builtin_rewards():
     assert regex_match(p[:2], ["<a>12</a>", "12"], pattern=[r"<a>\d+</a>"] * 2) == [1.0, 0.0]
     msgs = [[{"role": "assistant", "content": "7"}]]
     assert exact_match(["q"], msgs, answer=["7"]) == [1.0]  # conversational completions, as TRL passes them
+    # partial credit: position by position, over the longer of completion and answer
+    assert char_match(p, [" 1127 ", "1137", "127", "11270"], answer=["1127"] * 4) == [1.0, 0.75, 0.25, 0.8]
+    assert char_match(["q"] * 2, ["", [{"role": "assistant", "content": "dog cat"}]], answer=["", "dog cat"]) == [1.0,
+                                                                                                                1.0]
+    check_columns(resolve(["char_match"]), {"answer"})
+    with pytest.raises(ValueError, match="'char_match' needs the column answer"):
+        check_columns(resolve(["char_match"]), {"solution"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text("0123456789 ab", max_size=8), st.text("0123456789 ab", max_size=8))
+def test_char_match_is_graded_exact_match(completion, answer):
+    """In [0, 1], 1 exactly when exact_match is, and every wrong or missing character costs."""
+    score_, exact = char_match(["q"], [completion], answer=[answer])[0], exact_match(["q"], [completion], [answer])[0]
+    assert 0.0 <= score_ <= 1.0
+    assert (score_ == 1.0) == (exact == 1.0)
+    got, want = completion.strip(), answer.strip()
+    if want and got != want:
+        fixed = want[:len(got)] if len(got) <= len(want) else want  # a prefix of the answer, or the answer itself
+        assert char_match(["q"], [fixed], answer=[answer])[0] >= score_
 
 
 def test_bad_reward_functions_fail_clearly():

@@ -12,9 +12,9 @@
 
 from .config import GRPOConfig, PromptDataConfig
 from .data import from_prompt_json, from_prompt_samples
-from .rewards import exact_match, numeric_answer, regex_match
+from .rewards import char_match, exact_match, numeric_answer, regex_match
 from .synthetic import synthetic_prompts
 from .trainer import GRPOTrainer
 
 __all__ = ["GRPOConfig", "PromptDataConfig", "GRPOTrainer", "from_prompt_samples", "from_prompt_json",
-           "exact_match", "regex_match", "numeric_answer", "synthetic_prompts"]
+           "exact_match", "regex_match", "numeric_answer", "char_match", "synthetic_prompts"]

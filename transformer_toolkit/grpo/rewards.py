@@ -12,7 +12,11 @@ name in ``GRPOConfig(rewards=[...])``:
   on the stripped text), or, without that column, when it contains the ``answer`` column as a
   whole word;
 - ``numeric_answer``: 1.0 when the last number in the completion equals the ``answer``
-  column's number (``"1,234"``, ``"1234.0"`` and ``"1234"`` are the same answer).
+  column's number (``"1,234"``, ``"1234.0"`` and ``"1234"`` are the same answer);
+- ``char_match``: partial credit, the share of characters right position by position (the
+  stripped completion against the stripped ``answer``, over the longer of the two): 1.0 only
+  for an exact match, 0.75 for ``1137`` against ``1127``. When full matches are rare, every
+  completion of a group scoring 0 gives no advantage; graded scores still rank them.
 
 >>> exact_match(["add: 2 + 2"], [" 4"], answer=["4"])
 [1.0]
@@ -72,10 +76,20 @@ def numeric_answer(prompts: list, completions: list, answer: list, **_) -> list[
     return out
 
 
+def char_match(prompts: list, completions: list, answer: list, **_) -> list[float]:
+    out = []
+    for c, a in zip(completions, answer, strict=True):
+        got, want = text_of(c).strip(), str(a).strip()
+        longer = max(len(got), len(want))
+        out.append(1.0 if longer == 0 else sum(x == y for x, y in zip(got, want, strict=False)) / longer)
+    return out
+
+
 BUILTIN: dict[str, RewardFn] = {"exact_match": exact_match, "regex_match": regex_match,
-                                "numeric_answer": numeric_answer}
+                                "numeric_answer": numeric_answer, "char_match": char_match}
 # the columns each built-in reads (regex_match: either one)
-NEEDS = {"exact_match": ("answer",), "regex_match": ("pattern", "answer"), "numeric_answer": ("answer",)}
+NEEDS = {"exact_match": ("answer",), "regex_match": ("pattern", "answer"), "numeric_answer": ("answer",),
+         "char_match": ("answer",)}
 
 
 def resolve(rewards) -> list[tuple[str, RewardFn]]:
