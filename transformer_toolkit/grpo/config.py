@@ -19,7 +19,7 @@ class GRPOConfig(StrictConfig):
 
     Rollouts: ``group_size`` completions per prompt (TRL's ``num_generations``) of at most
     ``max_new`` tokens, sampled at ``temperature`` / ``top_k`` / ``top_p``. Rewards: ``rewards``
-    names built-in reward functions (``exact_match``, ``regex_match``, ``numeric_answer``; the
+    names built-in reward functions (``exact_match``, ``char_match``, ``regex_match``, ``numeric_answer``; the
     Python API also takes functions), summed with ``reward_weights`` (default all 1).
 
     Objective (see ``grpo.loss``): advantages normalised per group (``scale_rewards="group"``)
