@@ -68,6 +68,8 @@ def test_report_table_words_and_a_failed_variant(tmp_path, corpus, capsys):
         assert r["tokens"]["mean"] == 2048 and r["steps"]["mean"] == 8
         assert r["bits_per_byte"]["mean"] > 0 and r["decode_tok_s"]["mean"] > 0 and r["peak_memory"]["mean"] > 0
         assert len(r["curve"]) == 4 and r["curve"][-1]["tokens"] == 2048
+        if not torch.cuda.is_available():  # on a CPU: against its measured matmul peak
+            assert 0 < r["mfu"]["mean"] < 1
     md = (out / "report.md").read_text()
     assert "| mha | " in md and "| mqa | " in md and "| bad: failed: " in md and "divisible by n_heads" in md
     assert "pooled standard deviation" in md and ("exceeds the seed spread" in md or "within the seed spread" in md)
@@ -236,3 +238,11 @@ def test_ctrl_c_while_measuring_pauses_and_the_next_run_measures_without_trainin
     assert run["status"] == "done" and run["steps"] == 8 and run["decode_tok_s"] > 0
     assert [p["step"] for p in run["curve"]] == [2, 4, 6, 8]  # the resume added no second final eval
     torch.testing.assert_close(_final_weights(folder), trained, rtol=0, atol=0)
+
+
+def test_cpu_matmul_peak_is_a_plausible_rate():
+    from transformer_toolkit.compare.measure import matmul_peak
+
+    peak = matmul_peak(torch.float32, sizes=(256,), repeats=2)
+    # 2 n^3 FLOPs in at least a nanosecond and at most the machine's real speed: between 1 MFLOP/s and 100 TFLOP/s
+    assert 1e6 < peak < 1e14

@@ -77,7 +77,19 @@ def shared_data(run: dict, out: Path, s, budget):
     tokenizer = out / "tokenizer.json"
     return tok, Shared(tokens=os.path.abspath(tokens), tokenizer=os.path.abspath(tokenizer),
                        heldout=os.path.abspath(heldout), budget=budget, evals=s.evals, bpb_tokens=s.bpb_tokens,
-                       decode_tokens=s.decode_tokens, tasks=list(s.tasks))
+                       decode_tokens=s.decode_tokens, tasks=list(s.tasks), cpu_peak=cpu_peaks())
+
+
+def cpu_peaks() -> dict[str, float]:
+    """The CPU's matmul peak per training dtype, measured once here before any worker starts
+    (workers measuring side by side would each see a share of the cores); none with CUDA."""
+    import torch
+
+    from ..compare.measure import matmul_peak
+
+    if torch.cuda.is_available():
+        return {}
+    return {str(dt): matmul_peak(dt) for dt in (torch.float32, torch.bfloat16)}
 
 
 def jobs_for(raw: dict, variants, seeds: int, out: Path, shared, vocab_size: int) -> list:

@@ -67,6 +67,20 @@ def decode_tokens_per_s(model, prompt: list[int], n: int) -> float | None:
 _CLEAR_REFS = "/proc/self/clear_refs"
 
 
+def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048), repeats: int = 3) -> float:
+    """This CPU's matmul peak in ``dtype`` (FLOP/s): the best ``torch.mm`` of square matrices.
+    A CPU has no datasheet peak the Trainer knows, so MFU on a CPU is measured against this."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)  # warm-up: the first call picks the kernel
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n**3 / max(time.perf_counter() - t0, 1e-9))
+    return best
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a fresh peak: the allocator's on CUDA; on Linux, the resident high-water mark."""
     if device.type == "cuda":

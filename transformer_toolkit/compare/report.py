@@ -99,7 +99,8 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
 
 NOTES = ("Val loss: the Trainer's last validation loss (the same held-out batches for every variant). Bits/byte: "
          "evaluation.bits_per_byte on the first {bpb_tokens:,} held-out tokens of the shared split. Tokens/s: "
-         "training steps only, median of the logged windows. MFU: on GPUs with a known peak. Peak memory: {memory} "
+         "training steps only, median of the logged windows. MFU: against the bf16 peak of a known GPU, or on a "
+         "CPU against its measured matmul peak (the best torch.mm) in the training dtype. Peak memory: {memory} "
          "while training. KV cache / token: the decode cache at batch 1 in the model's dtype (fp32). Decode tok/s: "
          "greedy batch-1 generation of {decode_tokens} tokens, prefill left out, best of three.")
 

@@ -55,6 +55,8 @@ class Shared:
     bpb_tokens: int = 50_000
     decode_tokens: int = 32
     tasks: list = field(default_factory=list)
+    # this CPU's measured matmul peak (FLOP/s) per dtype name ("torch.bfloat16"): MFU on a CPU
+    cpu_peak: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -219,7 +221,7 @@ def _train_and_measure(job: Job, shared: Shared, device: str | None) -> dict:
     model.eval()
     records = measure.read_metrics(folder)
     tok_s = measure.training_speed(records)
-    peak_device = peak_flops(dev)
+    peak_device = peak_flops(dev) or (shared.cpu_peak.get(str(trainer.precision.dtype)) if dev.type == "cpu" else None)
     total, active = measure.parameters(model)
     heldout = open_tokens(shared.heldout)
     val_loss = summary["val_loss"]
