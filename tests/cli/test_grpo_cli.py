@@ -69,3 +69,21 @@ def test_grpo_errors(base, tmp_path, capsys):
     assert rc == 2
     rc, _, err = run_main(capsys, "sft", "--grpo.beta", "0.1")
     assert rc == 2 and "section 'grpo' is for ttk grpo" in err
+
+
+def test_held_out_prompts_avoid_what_the_sft_init_trained_on(base):
+    """The built-in held-out prompts skip GRPO's training prompts and the init's SFT questions,
+    so before/after scores are on questions neither stage saw; a JSON init adds nothing."""
+    from transformer_toolkit.cli.builtin import synthetic_split
+    from transformer_toolkit.cli.grpo import _rows, _sft_questions
+    from transformer_toolkit.grpo.synthetic import questions
+    from transformer_toolkit.sft.synthetic import user_prompts
+    from transformer_toolkit.store import runs
+
+    multi_turn = runs.read_config(base)["data"]["multi_turn"]  # the sft recipe's
+    sft_train, _ = synthetic_split(120, 2, ("add3", "reverse_long"), multi_turn=multi_turn)  # base's SFT data
+    assert _sft_questions(str(base)) == user_prompts(sft_train)
+    extras = {"corpus": "builtin:synthetic", "tasks": ["add3", "reverse_long"], "n_samples": 16, "n_eval": 300}
+    train, held = _rows({"extras": extras, "init": str(base)})
+    assert len(held) == 300 and not questions(held) & (questions(train) | user_prompts(sft_train))
+    assert _sft_questions(None) == set() and _sft_questions(str(base / "missing")) == set()

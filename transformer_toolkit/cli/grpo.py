@@ -27,11 +27,30 @@ def _rows(run: dict) -> tuple[list[dict], list[dict] | None]:
     if corpus == "builtin:synthetic":
         tasks = tuple(ex["tasks"])
         train = synthetic_prompts(int(ex["n_samples"]), seed=0, tasks=tasks)
-        return train, synthetic_prompts(int(ex["n_eval"]), seed=1, tasks=tasks, exclude=questions(train))
+        seen = questions(train) | _sft_questions(run["init"])
+        return train, synthetic_prompts(int(ex["n_eval"]), seed=1, tasks=tasks, exclude=seen)
     if isinstance(corpus, str) and os.path.isfile(corpus):
         return read_prompt_rows(corpus), None
     raise FileNotFoundError(f"data.corpus {corpus!r}: not builtin:synthetic nor an existing JSON/JSONL file of "
                             "prompt rows")
+
+
+def _sft_questions(init) -> set[str]:
+    """The user questions an init run was fine-tuned on, when it is a run folder that trained on the
+    built-in synthetic tasks (``ttk sft``): the held-out prompts avoid them too, so the before/after
+    scores are on questions neither stage trained on. Empty for any other init."""
+    from ..sft.synthetic import TASKS, user_prompts
+    from ..store import runs
+    from .builtin import synthetic_split
+
+    if not init or not os.path.isdir(init):
+        return set()
+    data = runs.read_config(init).get("data") or {}
+    if data.get("corpus") != "builtin:synthetic" or "n_samples" not in data:
+        return set()
+    train, _ = synthetic_split(int(data["n_samples"]), int(data.get("n_eval", 0)), data.get("tasks") or TASKS,
+                               multi_turn=float(data.get("multi_turn", 0.0)))
+    return user_prompts(train)
 
 
 def cmd_grpo(args, overrides: dict) -> int:
