@@ -62,6 +62,20 @@ def check_ranges(cfg, table: dict[str, dict]) -> None:
         check_range(name, getattr(cfg, name), **bounds)
 
 
+def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+    """A JSON file of settings (config.json, tokenizer_config.json, ...): its object, or a
+    ValueError naming the file when it is not valid JSON (or UTF-8) or holds something else (a
+    list, a number); ``fix`` ends the message (what to do about it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.fspath(path)} holds a JSON {type(data).__name__}, not an object of settings; {fix}")
+    return data
+
+
 def _describe(ge, gt, le, lt) -> str:
     """The bounds in words: ``>= 1``, ``> 0``, ``in [0, 1)``."""
     low, high = (ge, "[") if ge is not None else (gt, "("), (le, "]") if le is not None else (lt, ")")

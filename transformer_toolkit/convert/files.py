@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..config_base import read_json_object
+
 # Files of a transformers (or native) model folder. Replaced as a set: see the module docstring.
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                "model-*-of-*.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -55,15 +57,7 @@ def _finite(x):
 def read_json(path: str | os.PathLike) -> dict:
     """A JSON file holding an object; ValueError naming the file when it is not valid JSON
     (or UTF-8) or holds something else (a list, a number)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{os.fspath(path)} is not valid JSON ({e}); restore or re-download it") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{os.fspath(path)} holds a JSON {type(data).__name__}, not an object of settings; "
-                         "restore or re-download it")
-    return data
+    return read_json_object(path, "restore or re-download it")
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..config_base import read_json_object
 from .base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
 from .bpe import RustBPETokenizer
 from .byte_level import _KIND as BYTE_LEVEL_KIND
@@ -92,15 +93,7 @@ def folder_chat_template(folder: str | os.PathLike) -> str | None:
 
 def _read_config(path: str) -> dict:
     """A tokenizer_config.json: a JSON object, or ValueError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore the tokenizer files") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not an object of settings; restore the "
-                         "tokenizer files")
-    return cfg
+    return read_json_object(path, "restore the tokenizer files")
 
 
 def _kind(path: str) -> str | None:
