@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from transformer_toolkit.compare.measure import matmul_rates
 from transformer_toolkit.model import Transformer, TransformerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,17 +130,10 @@ def train_flops_per_token(model: Transformer, seq: int) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, sizes: list[int], reps: int) -> dict:
-    best = {"flops": 0.0, "size": None}
-    for n in sizes:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        torch.mm(a, b)  # warm up (oneDNN kernel selection, page faults)
-        for _ in range(reps):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            dt = time.perf_counter() - t
-            if 2 * n**3 / dt > best["flops"]:
-                best = {"flops": 2 * n**3 / dt, "size": n}
-    return best
+    """The best torch.mm FLOP/s over ``sizes`` and the size that reached it."""
+    rates = matmul_rates(dtype, sizes, reps)
+    size = max(rates, key=rates.get)
+    return {"flops": rates[size], "size": size}
 
 
 # measurements -----------------------------------------------------------------------------------
